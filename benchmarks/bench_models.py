@@ -1,0 +1,129 @@
+"""Accuracy, speed and memory of adcore's models on one MVTec category, side by side.
+
+Each configuration runs in its own process so its peak RSS is its own. Prints one table:
+image/pixel AUROC, AUPRO, fit seconds, test images/s, peak RSS, and the bare backbone's
+forward throughput at the same size and batch (the ceiling inference cannot beat).
+
+    python benchmarks/bench_models.py --data ../shared/datasets/mvtec_ad/bottle
+    python benchmarks/bench_models.py --data ... --runs padim,padim-bf16 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+#: name -> (detector, parameters, engine precision)
+RUNS = {
+    "padim": ("padim", {}, "fp32"),
+    "padim-bf16": ("padim", {}, "bf16"),
+    "stfpm": ("stfpm", {}, "fp32"),
+    "stfpm-bf16-inference": ("stfpm", {}, "bf16-inference"),
+}
+
+
+def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int | None) -> dict:
+    import torch
+
+    from adcore.data import AnomalyDataset, load_data
+    from adcore.engine import Engine
+    from adcore.plugins import get_registry
+
+    detector_name, params, precision = RUNS[name]
+    detector = get_registry().detector_class(detector_name)(image_size=(image_size, image_size), **params)
+    splits = load_data(f"mvtec:{data}")
+    gradient = detector.training_spec.kind.value == "gradient"
+    train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)
+    test = AnomalyDataset(splits.test, detector.input_spec, has_masks=True)
+    fit_precision = "fp32" if precision == "bf16-inference" else precision
+    engine = Engine(progress=False, batch_size=batch_size, precision=fit_precision, epochs=epochs, log=lambda m: None)
+    report = engine.fit(detector, train, None)
+    engine.precision = "bf16" if precision == "bf16-inference" else fit_precision
+    engine.predict(detector, AnomalyDataset(splits.test[:batch_size], detector.input_spec))  # warm-up
+    metrics, _ = engine.test(detector, test)
+    epochs_run = len(report["history"]) or None
+    return {
+        "run": name,
+        "image_auroc": metrics.get("image_auroc"),
+        "pixel_auroc": metrics.get("pixel_auroc"),
+        "pixel_aupro": metrics.get("pixel_aupro"),
+        "fit_s": report["fit_seconds"],
+        "epochs": epochs_run,
+        "test_img_s": metrics["test_images_per_second"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def backbone_throughput(backbone: str, image_size: int, batch_size: int, precision: str, repeats: int = 6) -> float:
+    """Images/s of the complete timm classifier (random weights: speed does not depend on them)."""
+    import timm
+    import torch
+
+    model = timm.create_model(backbone, pretrained=False).eval()
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    if precision.endswith("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    with torch.inference_mode(), autocast:
+        model(images)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(images)
+    return repeats * batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="an MVTec AD category folder")
+    parser.add_argument("--runs", default="padim,padim-bf16,stfpm,stfpm-bf16-inference")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, help="override epochs of gradient-trained models")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.data, args.image_size, args.batch_size, args.epochs)))
+        return
+
+    rows = []
+    for name in args.runs.split(","):
+        command = [sys.executable, __file__, "--one", name, "--data", args.data, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+        if args.epochs is not None:
+            command += ["--epochs", str(args.epochs)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"{name} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"done: {rows[-1]}", file=sys.stderr)
+    backbone = {
+        precision: backbone_throughput(args.backbone, args.image_size, args.batch_size, precision)
+        for precision in ("fp32", "fp32-channels_last", "bf16-channels_last")
+    }
+    if args.json:
+        print(json.dumps({"runs": rows, "backbone_img_s": backbone}, indent=2))
+        return
+    print(f"data {args.data}, {args.image_size}px, batch {args.batch_size}, {rows[0]['threads'] if rows else '?'} threads")
+    header = f"{'run':<22}{'img AUROC':>10}{'pix AUROC':>10}{'AUPRO':>8}{'fit s':>8}{'epochs':>7}{'test img/s':>11}{'peak RSS MB':>12}"
+    print(header)
+    for r in rows:
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(
+            f"{r['run']:<22}{fmt(r['image_auroc'], '.4f'):>10}{fmt(r['pixel_auroc'], '.4f'):>10}{fmt(r['pixel_aupro'], '.3f'):>8}"
+            f"{r['fit_s']:>8.1f}{fmt(r['epochs'], 'd'):>7}{r['test_img_s']:>11.1f}{r['peak_rss_mb']:>12.0f}"
+        )
+    print(f"bare {args.backbone} forward (full classifier), img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in backbone.items()))
+    for r in rows:
+        print(f"  {r['run']}: test throughput = {r['test_img_s'] / backbone['fp32']:.2f}x the bare fp32 backbone")
+
+
+if __name__ == "__main__":
+    main()

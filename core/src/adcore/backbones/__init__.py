@@ -1,0 +1,1 @@
+"""Pretrained backbones: offline-first weight resolution and timm feature extraction."""

@@ -1,0 +1,28 @@
+"""The unit of data that flows from datasets through the loop into detectors."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+
+@attrs.define
+class Batch:
+    """A batch of images with whatever ground truth the dataset has.
+
+    ``image`` is (N, 3, H, W) float, already resized and normalised for the detector.
+    ``label`` is (N,) long (0 normal, 1 anomalous) or None when unknown; ``mask`` is
+    (N, 1, H, W) float in {0, 1} or None when the dataset has no masks.
+    """
+
+    image: torch.Tensor
+    path: list[str]
+    label: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.image), self.path, move(self.label), move(self.mask))
+
+    def __len__(self) -> int:
+        return self.image.shape[0]

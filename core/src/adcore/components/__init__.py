@@ -1,0 +1,1 @@
+"""Building blocks shared by plugins (blur, Gaussian models, ...): one concept per module."""

@@ -1,0 +1,14 @@
+"""Gaussian smoothing of anomaly maps (kornia), as most papers apply to patch-score maps."""
+
+from __future__ import annotations
+
+import kornia.filters
+import torch
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (N, 1, H, W) maps with an isotropic Gaussian; kernel covers +-4 sigma."""
+    if sigma <= 0:
+        return maps
+    size = 2 * int(4.0 * sigma + 0.5) + 1
+    return kornia.filters.gaussian_blur2d(maps, (size, size), (sigma, sigma), border_type="reflect")

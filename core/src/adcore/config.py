@@ -1,0 +1,26 @@
+"""Converters for detector configs, so values from JSON or the command line land typed.
+
+``--param image_size=224`` arrives as an int and ``layers=1,2,3`` as a list; configs
+store tuples so they compare and serialise the same way every time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def to_size(value: Any) -> tuple[int, int]:
+    """224 -> (224, 224); [256, 320] -> (256, 320)."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+        return (int(value), int(value))
+    size = tuple(int(v) for v in value)
+    if len(size) != 2:
+        raise ValueError(f"image size must be one number or (height, width), got {value!r}")
+    return size
+
+
+def to_int_tuple(value: Any) -> tuple[int, ...]:
+    """3 -> (3,); [1, 2, 3] -> (1, 2, 3)."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+        return (int(value),)
+    return tuple(int(v) for v in value)

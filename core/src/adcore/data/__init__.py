@@ -1,0 +1,16 @@
+"""Datasets: image records from known layouts, decoded and resized for a detector."""
+
+from adcore.data.dataset import AnomalyDataset, ImageRecord, collate
+from adcore.data.image_io import ImageReadError, read_image, read_mask
+from adcore.data.sources import DataSplits, load_data
+
+__all__ = [
+    "AnomalyDataset",
+    "ImageRecord",
+    "collate",
+    "ImageReadError",
+    "read_image",
+    "read_mask",
+    "DataSplits",
+    "load_data",
+]

@@ -1,0 +1,125 @@
+"""Evaluation metrics: image AUROC, pixel AUROC, AUPRO and F1-max.
+
+AUROC and precision-recall come from torchmetrics. AUPRO (Bergmann et al. 2020) is
+computed exactly: one sort of all pixel scores gives, for every threshold at once, the
+false-positive rate over normal pixels and the mean per-region overlap over connected
+ground-truth regions; the PRO-vs-FPR curve is integrated up to ``fpr_limit`` and divided
+by it so a perfect detector scores 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
+
+
+def _unit_range(scores: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Min-max scale to [0, 1] in float64 (order-preserving).
+
+    torchmetrics treats predictions outside [0, 1] as logits and applies a sigmoid, which
+    would squash large raw anomaly scores into ties; scaling first avoids that.
+    """
+    scores = scores.detach().double().flatten()
+    low, high = float(scores.min()), float(scores.max())
+    span = high - low if high > low else 1.0
+    return (scores - low) / span, low, span
+
+
+def _check_binary(target: torch.Tensor, what: str) -> None:
+    values = torch.unique(target)
+    if not set(values.tolist()) <= {0, 1}:
+        raise ValueError(f"{what} must be 0/1, found values {values[:5].tolist()}")
+
+
+def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of image scores; NaN when only one class is present."""
+    labels = labels.long().flatten()
+    _check_binary(labels, "labels")
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(binary_auroc(_unit_range(scores)[0], labels))
+
+
+def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """ROC AUC over every pixel of every image."""
+    return image_auroc(maps.flatten(), masks.flatten().long())
+
+
+def f1_max(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Best F1 over all thresholds, and the threshold that reaches it."""
+    labels = labels.long().flatten()
+    _check_binary(labels, "labels")
+    unit, low, span = _unit_range(scores)
+    precision, recall, thresholds = binary_precision_recall_curve(unit, labels)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    best = int(torch.argmax(f1[:-1])) if thresholds.numel() else 0
+    threshold = float(thresholds[best]) * span + low if thresholds.numel() else float("nan")
+    return float(f1[best]), threshold
+
+
+def connected_regions(masks: torch.Tensor) -> np.ndarray:
+    """Label 8-connected regions of each (N, 1, H, W) mask; ids are unique across images."""
+    masks_np = masks.reshape(masks.shape[0], *masks.shape[-2:]).cpu().numpy() > 0.5
+    regions = np.zeros(masks_np.shape, dtype=np.int64)
+    offset = 0
+    for i, mask in enumerate(masks_np):
+        labelled, count = scipy.ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        regions[i] = np.where(labelled > 0, labelled + offset, 0)
+        offset += count
+    return regions
+
+
+def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the per-region-overlap curve up to ``fpr_limit``."""
+    regions = torch.from_numpy(connected_regions(masks)).flatten()
+    n_regions = int(regions.max())
+    if n_regions == 0:
+        return float("nan")
+    scores = maps.detach().flatten().double().cpu()
+    normal = regions == 0
+    n_normal = int(normal.sum())
+    if n_normal == 0:
+        return float("nan")
+    region_sizes = torch.bincount(regions, minlength=n_regions + 1).double()
+    # Each anomalous pixel adds 1 / (R * |its region|) to the mean overlap once detected.
+    weight = torch.where(normal, torch.zeros(()), 1.0 / (n_regions * region_sizes[regions]))
+
+    order = torch.argsort(scores, descending=True)
+    sorted_scores = scores[order]
+    fpr = torch.cumsum(normal[order].double(), 0) / n_normal
+    pro = torch.cumsum(weight[order], 0)
+    # Thresholds sit between distinct scores: keep the last index of each run of ties.
+    last_of_run = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fpr[last_of_run]])
+    pro = torch.cat([torch.zeros(1, dtype=torch.float64), pro[last_of_run]])
+
+    # Cut the curve at fpr_limit, interpolating the PRO value there.
+    cut = int(torch.searchsorted(fpr, torch.tensor([fpr_limit], dtype=torch.float64), right=True))
+    fpr_kept, pro_kept = fpr[:cut], pro[:cut]
+    if cut < fpr.numel():
+        f0, f1_, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
+        pro_at_limit = p0 + (p1 - p0) * (fpr_limit - f0) / (f1_ - f0)
+        fpr_kept = torch.cat([fpr_kept, torch.tensor([fpr_limit], dtype=torch.float64)])
+        pro_kept = torch.cat([pro_kept, pro_at_limit.reshape(1)])
+    return float(torch.trapezoid(pro_kept, fpr_kept) / fpr_limit)
+
+
+def compute_metrics(
+    scores: torch.Tensor,
+    labels: torch.Tensor | None,
+    maps: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Every metric the ground truth allows: image metrics need labels, pixel ones masks."""
+    results: dict[str, float] = {}
+    if labels is not None and labels.min() != labels.max():
+        results["image_auroc"] = image_auroc(scores, labels)
+        results["image_f1_max"] = f1_max(scores, labels)[0]
+    if maps is not None and masks is not None and masks.max() > 0:
+        results["pixel_auroc"] = pixel_auroc(maps, masks)
+        results["pixel_aupro"] = aupro(maps, masks)
+        results["pixel_f1_max"] = f1_max(maps.flatten(), masks.flatten().long())[0]
+    return results
