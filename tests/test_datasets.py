@@ -5,8 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from adcore.data import AnomalyDataset, ImageRecord, collate, load_data
 from adcore.protocols import InputSpec
 from helpers import anomalous_image, normal_image, save_png

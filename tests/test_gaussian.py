@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from adcore.components.gaussian import PositionalGaussian
 
 

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from adcore.data.image_io import ImageReadError, list_images, read_image, read_mask
+from PIL import Image
 
 W, H = 20, 12  # non-square, so a swapped width/height would show
 

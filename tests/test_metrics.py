@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from adcore.metrics import aupro, compute_metrics, connected_regions, f1_max, image_auroc, pixel_auroc
 
 LABELS = torch.tensor([0, 0, 1, 1])

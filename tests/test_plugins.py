@@ -9,7 +9,6 @@ import textwrap
 import uuid
 
 import pytest
-
 from adcore.data import AnomalyDataset, load_data
 from adcore.engine import Engine
 from adcore.plugins import LOAD_PLUGINS_ENV, PluginError, PluginRegistry, get_registry, set_registry

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from adcore.cli import _predictions_table
 from adcore.engine import Predictions
 from adcore.postprocess import PostProcessor, learn_threshold

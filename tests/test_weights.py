@@ -4,7 +4,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.backbones.weights import (
     ALLOW_DOWNLOAD_ENV,

@@ -13,12 +13,11 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from adcore import hookimpl
 from adcore.batch import Batch
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from torch import nn
 
 SIZE = 64
 

@@ -68,7 +68,10 @@ def _load(model: nn.Module, resolved: ResolvedWeights, backbone: str) -> None:
     """Load resolved weights; every tensor the (pruned) model keeps must be present."""
     if resolved.state_dict is None:
         return
-    missing, _unexpected = model.load_state_dict(resolved.state_dict, strict=False)
+    try:
+        missing, _unexpected = model.load_state_dict(resolved.state_dict, strict=False)
+    except RuntimeError as exc:  # same names, other shapes: weights of another architecture
+        raise ValueError(f"weights from {resolved.source} do not fit '{backbone}': {exc}") from None
     if missing:
         raise ValueError(
             f"weights from {resolved.source} do not fit '{backbone}': missing {len(missing)} tensors "

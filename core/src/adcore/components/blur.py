@@ -11,4 +11,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return maps
     size = 2 * int(4.0 * sigma + 0.5) + 1
-    return kornia.filters.gaussian_blur2d(maps, (size, size), (sigma, sigma), border_type="reflect")
+    # Scores are compared across images: keep them in float32 even under bf16 autocast.
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        return kornia.filters.gaussian_blur2d(maps.float(), (size, size), (sigma, sigma), border_type="reflect")

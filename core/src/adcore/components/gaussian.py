@@ -28,8 +28,11 @@ class PositionalGaussian(nn.Module):
         self._count = 0
 
     def update(self, features: torch.Tensor) -> None:
-        """Accumulate a batch (N, D, P) of training features."""
-        x = features.float().permute(2, 0, 1)  # (P, N, D)
+        """Accumulate a batch (N, D, P) of training features (always in float32, even under autocast)."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            self._accumulate(features.float().permute(2, 0, 1).contiguous())  # (P, N, D)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
         if self._shift is None:
             self._shift = x.mean(dim=1, keepdim=True)
             self._sum = torch.zeros_like(self._shift[:, 0])
@@ -63,6 +66,11 @@ class PositionalGaussian(nn.Module):
         """Mahalanobis distances (N, P) of features (N, D, P)."""
         if self.mean.numel() == 0:
             raise RuntimeError("PositionalGaussian is not fitted")
-        centered = features.float().permute(2, 1, 0) - self.mean.unsqueeze(2)  # (P, D, N)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self._mahalanobis(features)
+
+    def _mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+        # Contiguous operands keep the batched matmul on its fast path (strided ones can be 50x slower).
+        centered = (features.float().permute(2, 1, 0) - self.mean.unsqueeze(2)).contiguous()  # (P, D, N)
         whitened = torch.bmm(self.whitening, centered)  # (P, D, N)
         return whitened.square().sum(dim=1).clamp_min(0).sqrt().transpose(0, 1)  # (N, P)

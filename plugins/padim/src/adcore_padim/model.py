@@ -83,7 +83,6 @@ class Padim(AnomalyDetector):
         self.check_images(images)
         self.check_fitted()
         embedding = self.embed(images)
-        with torch.autocast(device_type=images.device.type, enabled=False):
-            distances = self.gaussian.score(embedding.flatten(2)).view(images.shape[0], 1, *embedding.shape[-2:])
-            anomaly_map = self.anomaly_map(distances, images.shape[-2:])
+        distances = self.gaussian.score(embedding.flatten(2)).view(images.shape[0], 1, *embedding.shape[-2:])
+        anomaly_map = self.anomaly_map(distances, images.shape[-2:])
         return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
