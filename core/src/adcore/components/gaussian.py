@@ -42,19 +42,29 @@ class PositionalGaussian(nn.Module):
         self._outer.baddbmm_(x.transpose(1, 2), x)
         self._count += x.shape[1]
 
-    def finalize(self) -> None:
-        """Turn accumulated sums into mean and whitening matrices."""
+    def finalize(self, chunk: int = 512) -> None:
+        """Turn accumulated sums into mean and whitening matrices.
+
+        Positions are factorised ``chunk`` at a time so the float64 temporaries stay small
+        (a 64x64 grid of 100-d Gaussians would otherwise need ~1 GB at once).
+        """
         n = self._count
         if n < 2:
             raise ValueError(f"a Gaussian needs at least 2 training samples, got {n}")
-        mean_shifted = (self._sum / n).double()  # (P, D)
-        covariance = (self._outer.double() - n * mean_shifted.unsqueeze(2) * mean_shifted.unsqueeze(1)) / (n - 1)
-        eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
-        covariance += self.regularization * eye
-        cholesky = torch.linalg.cholesky(covariance)
-        whitening = torch.linalg.solve_triangular(cholesky, eye.expand_as(cholesky), upper=False)
-        self.mean = (mean_shifted + self._shift[:, 0].double()).float()
-        self.whitening = whitening.float()
+        positions, dim = self._sum.shape
+        eye = torch.eye(dim, dtype=torch.float64, device=self._sum.device)
+        mean = torch.empty(positions, dim, device=self._sum.device)
+        whitening = torch.empty(positions, dim, dim, device=self._sum.device)
+        for start in range(0, positions, chunk):
+            part = slice(start, start + chunk)
+            mean_shifted = (self._sum[part] / n).double()  # (p, D)
+            outer = self._outer[part].double()
+            covariance = (outer - n * mean_shifted.unsqueeze(2) * mean_shifted.unsqueeze(1)) / (n - 1)
+            covariance += self.regularization * eye
+            cholesky = torch.linalg.cholesky(covariance)
+            whitening[part] = torch.linalg.solve_triangular(cholesky, eye.expand_as(cholesky), upper=False)
+            mean[part] = mean_shifted + self._shift[part, 0].double()
+        self.mean, self.whitening = mean, whitening
         self.reset()
 
     def fit(self, features: torch.Tensor) -> None:

@@ -1,0 +1,7 @@
+"""``python -m adcore`` is the ``adcore`` command."""
+
+import sys
+
+from adcore.cli import main
+
+sys.exit(main())
