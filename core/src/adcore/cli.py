@@ -86,6 +86,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         precision=args.precision,
         progress=not args.no_progress and sys.stderr.isatty(),
         epochs=getattr(args, "epochs", None),
+        validate_every=getattr(args, "validate_every", None),
         normal_quantile=getattr(args, "normal_quantile", 0.99),
     )
 
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)")
     fit.add_argument("--allow-download", action="store_true", help="allow timm hub downloads when no offline weights exist")
     fit.add_argument("--epochs", type=int, help="override the detector's default number of epochs")
+    fit.add_argument("--validate-every", type=int, help="gradient training: image AUROC on validation data every N epochs")
     fit.add_argument("--val-split", default="same_as_test", help="same_as_test | from_test:F | from_train:F | none")
     fit.add_argument("--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies")
     _common(fit)

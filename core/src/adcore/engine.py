@@ -62,6 +62,8 @@ class Engine:
     normal_quantile: float = DEFAULT_NORMAL_QUANTILE
     #: Overrides the detector's default number of epochs (gradient-trained detectors).
     epochs: int | None = None
+    #: Overrides the detector's validation interval in epochs (0: never during training).
+    validate_every: int | None = None
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # noqa: E731
 
     # -- helpers ---------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class Engine:
             if scheduler is not None:
                 scheduler.step()
             record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - epoch_started}
-            if spec.validate_every and val is not None and len(val) and epoch % spec.validate_every == 0:
+            every = self.validate_every if self.validate_every is not None else spec.validate_every
+            if every and val is not None and len(val) and epoch % every == 0:
                 detector.is_fitted.fill_(True)
                 predictions = self.predict(detector, val, description="validate")
                 if predictions.labels is not None:
