@@ -31,10 +31,10 @@ def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int 
 
     from adcore.data import AnomalyDataset, load_data
     from adcore.engine import Engine
-    from adcore.plugins import get_registry
+    from adcore.plugins import create_detector
 
     detector_name, params, precision = RUNS[name]
-    detector = get_registry().detector_class(detector_name)(image_size=(image_size, image_size), **params)
+    detector = create_detector(detector_name, seed=0, image_size=(image_size, image_size), **params)
     splits = load_data(f"mvtec:{data}")
     gradient = detector.training_spec.kind.value == "gradient"
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)

@@ -28,8 +28,7 @@ from adcore.data.image_io import IMAGE_SUFFIXES, list_images
 from adcore.detector import AnomalyDetector, NotFittedError
 from adcore.engine import Engine, Predictions, TrainingDivergedError
 from adcore.io import atomic_write_json, atomic_write_text
-from adcore.plugins import LOAD_PLUGINS_ENV, PluginError, PluginRegistry, get_registry, set_registry
-from adcore.seed import seed_everything
+from adcore.plugins import LOAD_PLUGINS_ENV, PluginError, PluginRegistry, create_detector, get_registry, set_registry
 from adcore.visualize import render_panel, save_panel, tensor_to_uint8
 
 CHECKPOINT_NAME = "model.safetensors"
@@ -75,7 +74,7 @@ def _detector_from_args(registry: PluginRegistry, args: argparse.Namespace) -> A
             if key not in fields:
                 raise ValueError(f"{flag}: detector '{args.model}' has no '{key}' parameter")
             values[key] = value
-    return detector_class.from_config_dict({**attrs.asdict(detector_class.Config()), **values})
+    return create_detector(args.model, seed=args.seed, registry=registry, **values)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -185,8 +184,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     registry = get_registry()
     output = Path(args.output)
     splits = load_data(args.data, val_split=args.val_split, seed=args.seed)
-    seed_everything(args.seed)  # building a detector may draw random weights (STFPM's student)
-    detector = _detector_from_args(registry, args)
+    detector = _detector_from_args(registry, args)  # seeded: it may draw random weights (STFPM's student)
     engine = _engine(args)
     gradient = detector.training_spec.kind.value == "gradient"
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)

@@ -9,9 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def _split(value: Any) -> Any:
+    """"1,2,3" -> ["1", "2", "3"]; anything else unchanged."""
+    return [part for part in value.split(",") if part.strip()] if isinstance(value, str) and "," in value else value
+
+
 def to_size(value: Any) -> tuple[int, int]:
-    """224 -> (224, 224); [256, 320] -> (256, 320)."""
-    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+    """224 -> (224, 224); [256, 320] or "256,320" -> (256, 320)."""
+    value = _split(value)
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
         return (int(value), int(value))
     size = tuple(int(v) for v in value)
     if len(size) != 2:
@@ -20,7 +26,8 @@ def to_size(value: Any) -> tuple[int, int]:
 
 
 def to_int_tuple(value: Any) -> tuple[int, ...]:
-    """3 -> (3,); [1, 2, 3] -> (1, 2, 3)."""
-    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+    """3 -> (3,); [1, 2, 3] or "1,2,3" -> (1, 2, 3)."""
+    value = _split(value)
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
         return (int(value),)
     return tuple(int(v) for v in value)

@@ -199,6 +199,18 @@ def get_registry() -> PluginRegistry:
     return _default
 
 
+def create_detector(name: str, seed: int = 0, registry: PluginRegistry | None = None, **params: Any):
+    """Build a registered detector by name, its random initialisation seeded (same seed, same model).
+
+    ``params`` override fields of the detector's ``Config``; unknown names are an error.
+    """
+    from adcore.seed import seed_everything
+
+    detector_class = (registry or get_registry()).detector_class(name)
+    seed_everything(seed)
+    return detector_class.from_config_dict({**attrs.asdict(detector_class.Config()), **params})
+
+
 def set_registry(registry: PluginRegistry | None) -> None:
     """Replace (or with None, reset) the process-wide registry."""
     global _default
