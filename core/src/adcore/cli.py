@@ -190,7 +190,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)
     val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
     print(f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images", file=sys.stderr)
-    report = engine.fit(detector, train, val)
+    report = engine.fit(detector, train, val, calibrate=False)
+    val_predictions = engine.predict(detector, val, description="calibrate") if val is not None else None
+    if val_predictions is not None:
+        report["calibration"] = engine.calibrate(detector, val_predictions)
     _apply_thresholds(detector, args)
     run = {
         "model": detector.name,
@@ -208,8 +211,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     save_checkpoint(detector, output / CHECKPOINT_NAME, extra={"run": run})
     report = {**run, **report, "post_processing": detector.post_processor.summary()}
     if splits.test:
-        test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
-        metrics, predictions = engine.test(detector, test)
+        if splits.test is splits.val:  # validation is the test set (the MVTec protocol): score it once
+            test, predictions = val, val_predictions
+            metrics = engine.evaluate(detector, predictions)
+        else:
+            test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
+            metrics, predictions = engine.test(detector, test)
         metrics = {"model": detector.name, "data": splits.name, "fit_seconds": report["fit_seconds"], **metrics}
         atomic_write_json(output / "metrics.json", metrics)
         _write_table(output / "predictions.csv", _predictions_table(detector, predictions), "csv")

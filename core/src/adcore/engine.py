@@ -91,8 +91,13 @@ class Engine:
         return contextlib.nullcontext()
 
     # -- fit ----------------------------------------------------------------------------------
-    def fit(self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None = None) -> dict:
-        """Fit the detector, then calibrate thresholds on ``val``; returns a report."""
+    def fit(
+        self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None = None, calibrate: bool = True
+    ) -> dict:
+        """Fit the detector, then (unless ``calibrate=False``) calibrate thresholds on ``val``; returns a report.
+
+        ``val`` also serves validation during gradient training (``validate_every``).
+        """
         generator = seed_everything(self.seed)
         detector.to(self.torch_device)
         spec = detector.training_spec
@@ -104,14 +109,15 @@ class Engine:
             history = self._fit_gradient(detector, train, val, generator)
         detector.is_fitted.fill_(True)
         report: dict = {"fit_seconds": time.perf_counter() - started, "history": history}
-        if val is not None and len(val) > 0:
-            calibration_started = time.perf_counter()
-            predictions = self.predict(detector, val, description="calibrate")
-            report["calibration"] = detector.post_processor.calibrate(
-                predictions.scores, predictions.labels, predictions.maps, predictions.masks, self.normal_quantile
-            )
-            report["calibration_seconds"] = time.perf_counter() - calibration_started
+        if calibrate and val is not None and len(val) > 0:
+            report["calibration"] = self.calibrate(detector, self.predict(detector, val, description="calibrate"))
         return report
+
+    def calibrate(self, detector: AnomalyDetector, predictions: Predictions) -> dict:
+        """Learn thresholds and normalisation from validation predictions; returns a summary."""
+        return detector.post_processor.calibrate(
+            predictions.scores, predictions.labels, predictions.maps, predictions.masks, self.normal_quantile
+        )
 
     def _fit_once(self, detector: AnomalyDetector, train: AnomalyDataset) -> None:
         detector.eval()
@@ -195,9 +201,13 @@ class Engine:
     def test(self, detector: AnomalyDetector, dataset: AnomalyDataset) -> tuple[dict[str, float], Predictions]:
         """Metrics over a labelled dataset (pixel metrics when it has masks)."""
         predictions = self.predict(detector, dataset, description="test")
+        return self.evaluate(detector, predictions), predictions
+
+    def evaluate(self, detector: AnomalyDetector, predictions: Predictions) -> dict[str, float]:
+        """Metrics of existing predictions (lets a caller reuse validation predictions as test ones)."""
         metrics = compute_metrics(predictions.scores, predictions.labels, predictions.maps, predictions.masks)
         metrics["test_images_per_second"] = predictions.images_per_second
         if detector.post_processor.is_calibrated and predictions.labels is not None:
             predicted = predictions.scores >= float(detector.post_processor.image_threshold)
             metrics["image_accuracy_at_threshold"] = float((predicted.long() == predictions.labels).float().mean())
-        return metrics, predictions
+        return metrics
