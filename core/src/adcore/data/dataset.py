@@ -47,10 +47,6 @@ class AnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    @property
-    def labels_known(self) -> bool:
-        return all(r.label is not None for r in self.records)
-
     def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         record = self.records[index]
         height, width = self.spec.image_size
