@@ -23,10 +23,16 @@ DEFAULT_NORMAL_QUANTILE = 0.99
 _PIXEL_SAMPLE = 2_000_000  # pixels used for the pixel threshold search
 
 
+def _subsample(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same seeded random subset of at most ``_PIXEL_SAMPLE`` entries of each 1-D tensor."""
+    if flat[0].numel() <= _PIXEL_SAMPLE:
+        return flat
+    keep = torch.randperm(flat[0].numel(), generator=torch.Generator().manual_seed(0))[:_PIXEL_SAMPLE]
+    return tuple(t[keep] for t in flat)
+
+
 def _quantile(values: torch.Tensor, q: float) -> float:
-    values = values.flatten().float()
-    if values.numel() > _PIXEL_SAMPLE:
-        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:_PIXEL_SAMPLE]]
+    (values,) = _subsample(values.flatten().float())
     return float(torch.quantile(values, q))
 
 
@@ -68,10 +74,7 @@ class PostProcessor(nn.Module):
         summary: dict[str, object] = {"image_threshold": image_threshold, "image_threshold_rule": image_rule}
         if maps is not None:
             if masks is not None and masks.max() > 0:
-                flat_maps, flat_masks = maps.flatten(), masks.flatten().long()
-                if flat_maps.numel() > _PIXEL_SAMPLE:
-                    keep = torch.randperm(flat_maps.numel(), generator=torch.Generator().manual_seed(0))[:_PIXEL_SAMPLE]
-                    flat_maps, flat_masks = flat_maps[keep], flat_masks[keep]
+                flat_maps, flat_masks = _subsample(maps.flatten(), masks.flatten().long())
                 pixel_threshold, pixel_rule = f1_max(flat_maps, flat_masks)[1], "f1"
             else:
                 normal_maps = maps if labels is None else maps[labels.flatten() == 0]

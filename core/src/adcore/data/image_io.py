@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+WIDE_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}  # 16/32-bit integer and float images
 
 
 class ImageReadError(ValueError):
@@ -33,7 +34,7 @@ def _open(path: Path) -> Image.Image:
 
 def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit images are scaled by their type's range (not clipped); float images by their own min/max."""
-    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+    if image.mode in WIDE_MODES:
         array = np.asarray(image)
         if array.dtype.kind == "f":
             low, high = float(np.nanmin(array)), float(np.nanmax(array))
@@ -62,7 +63,7 @@ def read_mask(path: str | os.PathLike) -> Image.Image:
     """Open a ground-truth mask as mode "L" with values 0 or 255 (anything > 0 is anomalous)."""
     path = Path(path)
     image = _open(path)
-    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+    if image.mode in WIDE_MODES:
         # Threshold the raw values: scaling to 8 bits first would round small labels
         # (1, 2, ... in a 16-bit label mask) to 0, and turn a constant float mask into 0.
         return Image.fromarray(np.where(np.asarray(image) > 0, 255, 0).astype(np.uint8))

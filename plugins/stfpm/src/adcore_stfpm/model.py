@@ -1,6 +1,7 @@
 """STFPM (Wang et al. 2021), step by step as in the paper.
 
-1. Teacher: a backbone pretrained on ImageNet, frozen. Student: the same architecture,
+1. Teacher: a backbone pretrained on ImageNet, frozen (its features are computed once
+   and cached across epochs). Student: the same architecture,
    randomly initialised (that is the method, not a fallback), trained on normal images.
 2. Loss: at each pyramid level, channel-wise L2-normalise both feature maps and take half
    the squared distance per position, averaged over positions; sum over levels.
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.backbones.weights import RANDOM_INIT
 from adcore.batch import Batch
+from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.config import to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
@@ -66,8 +68,16 @@ class Stfpm(AnomalyDetector):
             self.student.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
 
+    def fit_begin(self) -> None:
+        # The teacher is frozen and images are not augmented: its features are the same
+        # every epoch, so compute them once (about 40 % of an epoch's time on a CPU).
+        self._teacher_cache = FrozenFeatureCache(self.teacher)
+
+    def fit_end(self) -> None:
+        self._teacher_cache = None
+
     def training_step(self, batch: Batch) -> torch.Tensor:
-        teacher_features = self.teacher(batch.image)
+        teacher_features = self._teacher_cache(batch.image, batch.path)
         student_features = self.student(batch.image)
         return sum(_normalized_distance(t, s).mean() for t, s in zip(teacher_features, student_features))
 
