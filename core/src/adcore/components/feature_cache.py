@@ -21,6 +21,7 @@ class FrozenFeatureCache:
         self.max_bytes = max_bytes
         self._entries: dict[str, list[torch.Tensor]] = {}
         self._bytes = 0
+        self._format = torch.contiguous_format
 
     def clear(self) -> None:
         self._entries.clear()
@@ -31,6 +32,11 @@ class FrozenFeatureCache:
         missing = [i for i, key in enumerate(keys) if key not in self._entries]
         if missing:
             computed = self.extract(images[missing])
+            self._format = (
+                torch.channels_last
+                if computed[0].dim() == 4 and computed[0].is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
             for row, index in enumerate(missing):
                 # Clone: a slice would keep the whole batch's storage alive.
                 per_image = [level[row].clone() for level in computed]
@@ -40,4 +46,8 @@ class FrozenFeatureCache:
                 self._entries[keys[index]] = per_image
                 self._bytes += size
         levels = len(self._entries[keys[0]])
-        return [torch.stack([self._entries[key][level] for key in keys]) for level in range(levels)]
+        # Stack into the layout the network produced (channels-last for adcore's backbones).
+        return [
+            torch.stack([self._entries[key][level] for key in keys]).contiguous(memory_format=self._format)
+            for level in range(levels)
+        ]
