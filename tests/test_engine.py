@@ -177,3 +177,41 @@ def test_unlabelled_data_gives_no_labels_or_masks(data):
     assert predictions.scores.shape == (8,)
     metrics, _ = engine.test(detector, unlabelled)
     assert "image_auroc" not in metrics
+
+
+class _WithInitialPass(TinyGrad):
+    """Records the order of the loop's calls: the initial pass must precede the optimizer."""
+
+    @property
+    def training_spec(self):
+        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=1, initial_pass=True)
+
+    def fit_begin(self):
+        self.calls, self.seen, self.grad_enabled = ["fit_begin"], 0, set()
+
+    def initial_pass_batch(self, batch):
+        self.calls.append("initial_pass_batch")
+        self.seen += batch.image.shape[0]
+        self.grad_enabled.add(torch.is_grad_enabled())
+
+    def initial_pass_end(self):
+        self.calls.append("initial_pass_end")
+
+    def configure_optimizer(self):
+        self.calls.append("configure_optimizer")
+        return super().configure_optimizer()
+
+    def training_step(self, batch):
+        self.calls.append("training_step")
+        return super().training_step(batch)
+
+
+def test_initial_pass_sees_every_image_once_without_gradients_before_training(data):
+    detector = _WithInitialPass()
+    train, _ = _datasets(detector, data)
+    _engine().fit(detector, train)
+    assert detector.seen == len(train)
+    assert detector.grad_enabled == {False}
+    first_step = detector.calls.index("training_step")
+    assert detector.calls.index("initial_pass_end") < detector.calls.index("configure_optimizer") < first_step
+    assert detector.calls[0] == "fit_begin" and detector.calls.count("initial_pass_end") == 1

@@ -75,6 +75,13 @@ class AnomalyDetector(nn.Module):
     def training_step(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement training_step")
 
+    def initial_pass_batch(self, batch: Batch) -> None:
+        """With ``TrainingSpec(initial_pass=True)``: see one batch before training (no gradients)."""
+        raise NotImplementedError(f"{type(self).__name__} asks for an initial pass but does not implement initial_pass_batch")
+
+    def initial_pass_end(self) -> None:
+        """After the initial pass, before the optimizer is configured: finish statistics."""
+
     # -- inference ----------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> DetectorOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -132,9 +132,15 @@ class Engine:
     ) -> list[dict]:
         spec = detector.training_spec
         epochs = self.epochs if self.epochs is not None else spec.epochs
+        detector.fit_begin()
+        if spec.initial_pass:
+            detector.eval()
+            with torch.no_grad(), self.autocast():
+                for batch in self._bar(self._loader(train, shuffle=False), f"initial pass {detector.name}"):
+                    detector.initial_pass_batch(batch.to(self.torch_device))
+            detector.initial_pass_end()
         configured = detector.configure_optimizer()
         optimizer, scheduler = configured if isinstance(configured, tuple) else (configured, None)
-        detector.fit_begin()
         history = []
         for epoch in range(1, epochs + 1):
             detector.train()

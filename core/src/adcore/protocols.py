@@ -40,6 +40,10 @@ class TrainingSpec:
     gradient_clip_norm: float | None = None
     #: Evaluate on validation data every N epochs (0: only at the end).
     validate_every: int = 0
+    #: Gradient training only: first show the detector every training image once, without
+    #: gradients (``initial_pass_batch``/``initial_pass_end``), e.g. to initialise a memory
+    #: bank (CFA) or feature statistics (EfficientAd) before the optimizer starts.
+    initial_pass: bool = False
 
 
 @attrs.frozen
