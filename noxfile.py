@@ -16,7 +16,14 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-PACKAGES = ["core", "plugins/weights-efficientnet-lite", "plugins/padim", "plugins/stfpm"]
+PACKAGES = [
+    "core",
+    "sdk",
+    "plugins/weights-efficientnet-lite",
+    "plugins/padim",
+    "plugins/stfpm",
+    "docs/examples/adcore-pixel-zscore",
+]
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 BOTTLE = ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
 

@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ADCORE_ALLOW_DOWNLOAD"] = "1"
     try:
         return args.run(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except USER_ERRORS as exc:
         if os.environ.get("ADCORE_DEBUG"):
             raise

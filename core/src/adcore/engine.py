@@ -98,6 +98,8 @@ class Engine:
 
         ``val`` also serves validation during gradient training (``validate_every``).
         """
+        if len(train) == 0:
+            raise ValueError(f"{detector.name}: the training dataset is empty: there are no images to fit on")
         generator = seed_everything(self.seed)
         detector.to(self.torch_device)
         spec = detector.training_spec

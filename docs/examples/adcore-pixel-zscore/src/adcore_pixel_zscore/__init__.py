@@ -1,0 +1,1 @@
+"""pixel-zscore: per-pixel Gaussian statistics of aligned normal images (an example plugin)."""

@@ -1,0 +1,210 @@
+"""The conformance kit: what every adcore detector must do, as pytest tests.
+
+A plugin's test module subclasses :class:`DetectorConformance` and names its detector::
+
+    from adcore_sdk.conformance import DetectorConformance
+
+    class TestMyDetector(DetectorConformance):
+        detector = "my-detector"
+        params = {"image_size": 64}   # a small, fast configuration
+
+pytest then runs every check below against it, on a tiny synthetic dataset the kit
+writes (the ``adcore_conformance_data`` fixture of the kit's pytest plugin, registered
+through the ``pytest11`` entry point). The checks:
+
+1. discoverable: an installed plugin registers the name through the ``adcore`` entry points;
+2. it fits on the tiny dataset and says it is fitted;
+3. ``forward`` returns the documented shapes, dtypes and finite values, and the
+   loop's post-processing maps them into [0, 1];
+4. the same seed gives the same scores (model construction and fitting);
+5. a safetensors checkpoint round trip gives identical scores and maps;
+6. images with an obvious defect (a white square) score above normal images;
+7. bad input gets a clear error: a wrong channel count, NaNs, an empty training set;
+   an unfitted detector refuses to score.
+
+Class attributes tune the run (smaller images, fewer epochs); they cannot turn a check off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from adcore.checkpoint import load_checkpoint, save_checkpoint
+from adcore.data import AnomalyDataset, load_data
+from adcore.detector import AnomalyDetector, NotFittedError
+from adcore.engine import Engine, Predictions
+from adcore.metrics import image_auroc
+from adcore.plugins import PluginRegistry, create_detector, set_registry
+from adcore.protocols import TrainingKind
+
+
+class DetectorConformance:
+    """Subclass with ``detector = "<registered name>"``; every ``test_*`` here then runs on it."""
+
+    #: The registered detector name.
+    detector: ClassVar[str] = ""
+    #: Config overrides for a small, fast run (e.g. ``{"image_size": 64}``).
+    params: ClassVar[dict[str, Any]] = {}
+    #: Epochs for gradient-trained detectors (None: the detector's default).
+    epochs: ClassVar[int | None] = None
+    #: A pluggy plugin object to register directly instead of discovering installed ones
+    #: (for testing a detector before it is packaged; the discovery check then uses it).
+    plugin: ClassVar[Any] = None
+    #: The lowest image AUROC that counts as "defects score above normal images".
+    min_defect_auroc: ClassVar[float] = 0.9
+    batch_size: ClassVar[int] = 4
+
+    # -- fixtures ---------------------------------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_registry(cls) -> PluginRegistry:
+        if not cls.detector:
+            pytest.fail(f"{cls.__name__}: set the class attribute `detector` to the registered name")
+        registry = PluginRegistry()  # installed plugins, including weight providers
+        if cls.plugin is not None:
+            info = registry.add_plugin(cls.plugin, name=f"{cls.detector}-under-test", version="0")
+            assert info.error is None, f"registering {cls.detector}: {info.error}"
+        set_registry(registry)  # checkpoints record the plugin that registered the detector
+        yield registry
+        set_registry(None)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_splits(cls, adcore_conformance_data: Path, conformance_registry):
+        return load_data(f"mvtec:{adcore_conformance_data}")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, conformance_registry, conformance_splits):
+        """(detector, engine, test predictions) after one seeded fit."""
+        detector, engine = cls.build(conformance_registry), cls.engine()
+        engine.fit(detector, cls.dataset(detector, conformance_splits.train), None)
+        return detector, engine, engine.predict(detector, cls.dataset(detector, conformance_splits.test))
+
+    # -- helpers ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, registry: PluginRegistry, seed: int = 0) -> AnomalyDetector:
+        return create_detector(cls.detector, seed=seed, registry=registry, **cls.params)
+
+    @classmethod
+    def engine(cls, seed: int = 0) -> Engine:
+        return Engine(device="cpu", seed=seed, batch_size=cls.batch_size, progress=False, epochs=cls.epochs, log=lambda m: None)
+
+    @staticmethod
+    def dataset(detector: AnomalyDetector, records) -> AnomalyDataset:
+        return AnomalyDataset(records, detector.input_spec, has_masks=any(r.mask_path for r in records))
+
+    def fit_and_predict(self, registry, splits, seed: int = 0) -> Predictions:
+        detector, engine = self.build(registry, seed), self.engine(seed)
+        engine.fit(detector, self.dataset(detector, splits.train), None)
+        return engine.predict(detector, self.dataset(detector, splits.test))
+
+    # -- 1. discovery ---------------------------------------------------------------------------
+    def test_is_discoverable(self, conformance_registry):
+        broken = {name: info.error for name, info in conformance_registry.plugins.items() if info.error}
+        assert self.detector in conformance_registry.detectors, (
+            f"no plugin registers a detector named {self.detector!r}; registered: "
+            f"{sorted(conformance_registry.detectors)}; broken plugins: {broken}"
+        )
+        plugin = conformance_registry.plugin_of(self.detector)
+        assert plugin is not None and plugin.error is None, f"plugin of {self.detector!r} failed: {plugin}"
+        assert conformance_registry.detector_class(self.detector).name == self.detector
+
+    # -- 2. fitting -------------------------------------------------------------------------------
+    def test_fits_on_a_tiny_dataset(self, fitted):
+        detector, _, predictions = fitted
+        assert bool(detector.is_fitted)
+        assert len(predictions.scores) == len(predictions.paths) > 0
+
+    # -- 3. outputs -------------------------------------------------------------------------------
+    def test_outputs_have_documented_shapes_dtypes_and_ranges(self, fitted):
+        detector, engine, predictions = fitted
+        height, width = detector.input_spec.image_size
+        images = torch.rand(3, 3, height, width)
+        with torch.inference_mode():
+            output = detector.eval()(images)
+        assert output.pred_score.shape == (3,), f"pred_score must be (N,), got {tuple(output.pred_score.shape)}"
+        assert output.pred_score.dtype.is_floating_point, f"pred_score must be floating point, got {output.pred_score.dtype}"
+        assert torch.isfinite(output.pred_score).all(), "pred_score has NaN or infinite values"
+        if output.anomaly_map is not None:
+            shape = tuple(output.anomaly_map.shape)
+            assert shape == (3, 1, height, width), f"anomaly_map must be (N, 1, H, W) at the input size, got {shape}"
+            assert output.anomaly_map.dtype.is_floating_point
+            assert torch.isfinite(output.anomaly_map).all(), "anomaly_map has NaN or infinite values"
+        # The loop's post-processing turns raw outputs into [0, 1] with the threshold at 0.5.
+        engine.calibrate(detector, predictions)
+        scores = detector.post_processor.normalize_scores(predictions.scores)
+        assert scores.min() >= 0 and scores.max() <= 1
+        if predictions.maps is not None:
+            maps = detector.post_processor.normalize_maps(predictions.maps)
+            assert maps.min() >= 0 and maps.max() <= 1
+
+    # -- 4. reproducibility ---------------------------------------------------------------------
+    def test_same_seed_gives_same_scores(self, conformance_registry, conformance_splits, fitted):
+        again = self.fit_and_predict(conformance_registry, conformance_splits, seed=0)
+        first = fitted[2]
+        assert torch.equal(first.scores, again.scores), (
+            f"two fits with seed 0 disagree: max score difference {(first.scores - again.scores).abs().max():.3g}"
+        )
+        if first.maps is not None:
+            assert torch.equal(first.maps, again.maps), "two fits with seed 0 give different anomaly maps"
+
+    # -- 5. checkpoints ---------------------------------------------------------------------------
+    def test_checkpoint_round_trip_gives_identical_scores(self, fitted, conformance_registry, conformance_splits, tmp_path):
+        detector, engine, predictions = fitted
+        path = save_checkpoint(detector, tmp_path / "model.safetensors")
+        restored, metadata = load_checkpoint(path, registry=conformance_registry)
+        assert metadata["detector"] == self.detector
+        again = engine.predict(restored, self.dataset(restored, conformance_splits.test))
+        assert torch.equal(predictions.scores, again.scores), (
+            f"scores change after a checkpoint round trip (max difference "
+            f"{(predictions.scores - again.scores).abs().max():.3g}): is all learned state in parameters or buffers?"
+        )
+        if predictions.maps is not None:
+            assert torch.equal(predictions.maps, again.maps), "anomaly maps change after a checkpoint round trip"
+
+    # -- 6. it detects -------------------------------------------------------------------------------
+    def test_obvious_defects_score_above_normal_images(self, fitted):
+        predictions = fitted[2]
+        auroc = image_auroc(predictions.scores, predictions.labels)
+        normal, defective = predictions.scores[predictions.labels == 0], predictions.scores[predictions.labels == 1]
+        assert auroc >= self.min_defect_auroc, (
+            f"images with a white square should score above normal ones: image AUROC {auroc:.3f} < "
+            f"{self.min_defect_auroc} (normal {normal.tolist()}, defective {defective.tolist()})"
+        )
+        assert defective.mean() > normal.mean()
+
+    # -- 7. bad input -------------------------------------------------------------------------------
+    @pytest.mark.parametrize("channels", [1, 4])
+    def test_rejects_a_wrong_channel_count(self, fitted, channels):
+        detector = fitted[0]
+        height, width = detector.input_spec.image_size
+        with pytest.raises(ValueError, match=r"\S"), torch.inference_mode():
+            detector.eval()(torch.rand(2, channels, height, width))
+
+    def test_rejects_nan_input(self, fitted):
+        detector = fitted[0]
+        images = torch.rand(2, 3, *detector.input_spec.image_size)
+        images[1, 0, 3, 3] = float("nan")
+        with pytest.raises(ValueError, match=r"(?i)nan|finite"), torch.inference_mode():
+            detector.eval()(images)
+
+    def test_rejects_an_empty_training_set(self, conformance_registry):
+        detector = self.build(conformance_registry)
+        with pytest.raises(ValueError, match="empty"):
+            self.engine().fit(detector, [], None)
+        if detector.training_spec.kind == TrainingKind.FIT_ONCE:
+            # Called directly, without any batch, fitting must fail loudly too, not leave
+            # a detector that scores with statistics of nothing.
+            detector.fit_begin()
+            with pytest.raises((ValueError, RuntimeError), match=r"\S"):
+                detector.fit_end()
+
+    def test_unfitted_detector_refuses_to_score(self, conformance_registry):
+        detector = self.build(conformance_registry)
+        with pytest.raises(NotFittedError), torch.inference_mode():
+            detector.eval()(torch.rand(1, 3, *detector.input_spec.image_size))
