@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from adcore.components.flow import (
     all_in_one_flow,
     conv_subnet,

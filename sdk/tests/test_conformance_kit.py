@@ -8,7 +8,7 @@ the working one (so a failure is the defect's doing, not the kit's).
 
 import pytest
 
-DETECTORS = '''
+DETECTORS = """
 import attrs, os, torch
 import torch.nn.functional as F
 from adcore import hookimpl
@@ -169,7 +169,7 @@ TestAnyChannels = suite("any-channels")
 TestNaNsPass = suite("nans-pass")
 TestFitsOnNothing = suite("fits-on-nothing")
 TestNoFitCheck = suite("no-fit-check")
-'''
+"""
 
 #: broken detector's test class -> (the check that must fail, text its failure must show)
 EXPECTED = {
@@ -177,8 +177,14 @@ EXPECTED = {
     "TestFitFails": ("test_fits_on_a_tiny_dataset", "statistics overflow"),
     "TestWrongMapSize": ("test_outputs_have_documented_shapes_dtypes_and_ranges", "anomaly_map must be (N, 1, H, W)"),
     "TestUnseeded": ("test_same_seed_gives_same_scores", "two fits with seed 0 disagree"),
-    "TestStateOutsideBuffers": ("test_checkpoint_round_trip_gives_identical_scores", "scores change after a checkpoint round trip"),
-    "TestBlind": ("test_obvious_defects_score_above_normal_images", "images with a white square should score above normal ones"),
+    "TestStateOutsideBuffers": (
+        "test_checkpoint_round_trip_gives_identical_scores",
+        "scores change after a checkpoint round trip",
+    ),
+    "TestBlind": (
+        "test_obvious_defects_score_above_normal_images",
+        "images with a white square should score above normal ones",
+    ),
     "TestAnyChannels": ("test_rejects_a_wrong_channel_count", "DID NOT RAISE"),
     "TestNaNsPass": ("test_rejects_nan_input", "DID NOT RAISE"),
     "TestFitsOnNothing": ("test_rejects_an_empty_training_set", "DID NOT RAISE"),

@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -66,7 +65,9 @@ def fresh_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     venv.EnvBuilder(with_pip=True).create(root / "venv")
     python = root / "venv" / "bin" / "python"
     site_packages = Path(
-        subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
     )
     _link_reused(root / "reused")
     (site_packages / "adcore_reused_torch.pth").write_text(f"{root / 'reused'}\n")
@@ -77,15 +78,26 @@ def fresh_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def _run(env: tuple[Path, dict[str, str]], *args: str, cwd: Path | None = None) -> str:
     python, variables = env
-    result = subprocess.run([python, *args], env=variables, cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    result = subprocess.run([python, *args], env=variables, cwd=cwd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
 def test_fresh_environment_scaffolded_and_example_plugins(fresh_env, tmp_path, bottle_dir):
     python = fresh_env[0]
     # adcore itself and the SDK, built from their packages (not editable), with the weights plugin.
-    _run(fresh_env, "-m", "pip", "install", "--quiet", str(ROOT / "core"), str(ROOT / "sdk"), str(ROOT / "plugins" / "weights-efficientnet-lite"))
+    _run(
+        fresh_env,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        str(ROOT / "core"),
+        str(ROOT / "sdk"),
+        str(ROOT / "plugins" / "weights-efficientnet-lite"),
+    )
     assert "torch" not in _run(fresh_env, "-m", "pip", "list", "--path", str(python.parent.parent)).lower().split()
 
     # Nothing but the weights provider is installed yet: the stranger's view.
@@ -96,7 +108,10 @@ def test_fresh_environment_scaffolded_and_example_plugins(fresh_env, tmp_path, b
     _run(fresh_env, "-m", "adcore_sdk.cli", "new", "mean-distance", "--directory", str(tmp_path))
     package = tmp_path / "adcore-mean-distance"
     _run(fresh_env, "-m", "pip", "install", "--quiet", "-e", str(package), str(EXAMPLE))
-    listed = {plugin["name"]: plugin for plugin in json.loads(_run(fresh_env, "-m", "adcore", "list-plugins", "--json"))["plugins"]}
+    listed = {
+        plugin["name"]: plugin
+        for plugin in json.loads(_run(fresh_env, "-m", "adcore", "list-plugins", "--json"))["plugins"]
+    }
     assert listed["mean-distance"]["detectors"] == ["mean-distance"] and listed["mean-distance"]["error"] is None
     assert listed["pixel-zscore"]["detectors"] == ["pixel-zscore"] and listed["pixel-zscore"]["error"] is None
 
@@ -107,7 +122,19 @@ def test_fresh_environment_scaffolded_and_example_plugins(fresh_env, tmp_path, b
     # Both fit the real data from the command line and produce metrics.
     for model in ("mean-distance", "pixel-zscore"):
         run = tmp_path / f"run-{model}"
-        _run(fresh_env, "-m", "adcore", "fit", "--model", model, "--data", f"mvtec:{bottle_dir}", "--output", str(run), "--no-progress")
+        _run(
+            fresh_env,
+            "-m",
+            "adcore",
+            "fit",
+            "--model",
+            model,
+            "--data",
+            f"mvtec:{bottle_dir}",
+            "--output",
+            str(run),
+            "--no-progress",
+        )
         metrics = json.loads((run / "metrics.json").read_text())
         print(model, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         assert metrics["image_auroc"] >= 0.9, f"{model}: {metrics}"

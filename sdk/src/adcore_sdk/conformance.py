@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-
 from adcore.checkpoint import load_checkpoint, save_checkpoint
 from adcore.data import AnomalyDataset, load_data
 from adcore.detector import AnomalyDetector, NotFittedError
@@ -92,7 +91,9 @@ class DetectorConformance:
 
     @classmethod
     def engine(cls, seed: int = 0) -> Engine:
-        return Engine(device="cpu", seed=seed, batch_size=cls.batch_size, progress=False, epochs=cls.epochs, log=lambda m: None)
+        return Engine(
+            device="cpu", seed=seed, batch_size=cls.batch_size, progress=False, epochs=cls.epochs, log=lambda m: None
+        )
 
     @staticmethod
     def dataset(detector: AnomalyDetector, records) -> AnomalyDataset:
@@ -128,7 +129,9 @@ class DetectorConformance:
         with torch.inference_mode():
             output = detector.eval()(images)
         assert output.pred_score.shape == (3,), f"pred_score must be (N,), got {tuple(output.pred_score.shape)}"
-        assert output.pred_score.dtype.is_floating_point, f"pred_score must be floating point, got {output.pred_score.dtype}"
+        assert output.pred_score.dtype.is_floating_point, (
+            f"pred_score must be floating point, got {output.pred_score.dtype}"
+        )
         assert torch.isfinite(output.pred_score).all(), "pred_score has NaN or infinite values"
         if output.anomaly_map is not None:
             shape = tuple(output.anomaly_map.shape)
@@ -154,7 +157,9 @@ class DetectorConformance:
             assert torch.equal(first.maps, again.maps), "two fits with seed 0 give different anomaly maps"
 
     # -- 5. checkpoints ---------------------------------------------------------------------------
-    def test_checkpoint_round_trip_gives_identical_scores(self, fitted, conformance_registry, conformance_splits, tmp_path):
+    def test_checkpoint_round_trip_gives_identical_scores(
+        self, fitted, conformance_registry, conformance_splits, tmp_path
+    ):
         detector, engine, predictions = fitted
         path = save_checkpoint(detector, tmp_path / "model.safetensors")
         restored, metadata = load_checkpoint(path, registry=conformance_registry)

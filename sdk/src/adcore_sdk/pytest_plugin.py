@@ -28,6 +28,7 @@ def pytest_report_header(config) -> list[str]:
 
     registry = PluginRegistry()
     plugins = ", ".join(
-        f"{name} {info.version or ''}".strip() + (" (BROKEN)" if info.error else "") for name, info in registry.plugins.items()
+        f"{name} {info.version or ''}".strip() + (" (BROKEN)" if info.error else "")
+        for name, info in registry.plugins.items()
     )
     return [f"adcore {adcore.__version__} (plugin API {adcore.API_VERSION}); plugins: {plugins or 'none'}"]

@@ -34,7 +34,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _hidden(channels_in: int, hidden_ratio: float) -> int:
-    return max(1, int(round(channels_in * hidden_ratio)))
+    return max(1, round(channels_in * hidden_ratio))
 
 
 def mlp_subnet(hidden_ratio: float = 2.0) -> SubnetConstructor:
@@ -47,7 +47,9 @@ def mlp_subnet(hidden_ratio: float = 2.0) -> SubnetConstructor:
     return construct
 
 
-def conv_subnet(kernel_size: int = 3, hidden_ratio: float = 1.0, activation: type[nn.Module] = nn.ReLU) -> SubnetConstructor:
+def conv_subnet(
+    kernel_size: int = 3, hidden_ratio: float = 1.0, activation: type[nn.Module] = nn.ReLU
+) -> SubnetConstructor:
     """Conv-activation-conv with 'same' padding, hidden width ``hidden_ratio`` x input."""
     if kernel_size % 2 != 1:
         raise ValueError(f"conv_subnet: kernel_size must be odd to keep the feature size, got {kernel_size}")

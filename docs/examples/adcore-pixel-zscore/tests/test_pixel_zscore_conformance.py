@@ -9,7 +9,7 @@ from adcore_sdk.conformance import DetectorConformance
 
 class TestPixelZScoreConformance(DetectorConformance):
     detector = "pixel-zscore"
-    params = {"image_size": 64}
+    params = {"image_size": 64}  # noqa: RUF012 (read-only configuration)
 
 
 def test_z_score_of_a_pixel_that_moved_by_three_stds_is_three():

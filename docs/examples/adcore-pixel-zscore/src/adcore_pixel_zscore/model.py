@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import attrs
 import torch
-
 from adcore.batch import Batch
 from adcore.components.blur import gaussian_blur
 from adcore.config import to_size
