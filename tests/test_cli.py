@@ -211,3 +211,20 @@ def test_same_seed_same_scores_through_the_cli(shared_mvtec, tmp_path):
         assert code == 0
         scores.append([row["score"] for row in _rows(tmp_path / run / "predictions.csv")])
     assert scores[0] == scores[1]
+
+
+def test_gradient_fit_writes_a_loss_curve_png(shared_mvtec, tmp_path, tiny_registry):
+    output = tmp_path / "grad"
+    code = main(["fit", "--model", "tiny-grad", "--data", f"mvtec:{shared_mvtec}", "--output", str(output),
+                 "--epochs", "3", "--validate-every", "1", "--no-progress"])
+    assert code == 0
+    history = json.loads((output / "report.json").read_text())["history"]
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    with Image.open(output / "loss_curve.png") as image:
+        assert image.format == "PNG" and image.size[0] > 300
+        pixels = image.convert("RGB").getcolors(1 << 20)
+    assert len(pixels) > 20  # a drawn plot, not a blank canvas
+
+
+def test_one_pass_fit_writes_no_loss_curve(padim_run):
+    assert not (padim_run[1] / "loss_curve.png").exists()

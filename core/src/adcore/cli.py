@@ -28,7 +28,7 @@ from adcore.detector import AnomalyDetector, NotFittedError
 from adcore.engine import Engine, Predictions, TrainingDivergedError
 from adcore.io import atomic_write_json, atomic_write_text
 from adcore.plugins import LOAD_PLUGINS_ENV, PluginError, PluginRegistry, create_detector, get_registry, set_registry
-from adcore.visualize import render_panel, save_panel, tensor_to_uint8
+from adcore.visualize import render_panel, save_loss_curve, save_panel, tensor_to_uint8
 
 CHECKPOINT_NAME = "model.safetensors"
 USER_ERRORS = (
@@ -225,6 +225,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"wrote {output / CHECKPOINT_NAME}, metrics.json, predictions.csv and {written} heatmaps in {output}/heatmaps")
     else:
         print(f"wrote {output / CHECKPOINT_NAME} (no test data: no metrics)")
+    if report["history"]:
+        save_loss_curve(report["history"], output / "loss_curve.png", title=f"{detector.name} on {splits.name}")
+        print(f"wrote the training loss curve to {output / 'loss_curve.png'}")
     atomic_write_json(output / "report.json", report)
     return 0
 

@@ -65,3 +65,40 @@ def save_panel(path: str | os.PathLike, panel: Image.Image) -> Path:
 def tensor_to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """A (3, H, W) uint8 tensor as an (H, W, 3) array."""
     return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+def save_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Plot the training loss per epoch (and validation image AUROC when recorded) to a PNG.
+
+    ``history`` is the engine's per-epoch records (``epoch``, ``loss``, optional
+    ``val_image_auroc``). The loss axis is logarithmic when the loss stays positive, since
+    flow and distillation losses fall by orders of magnitude.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("no training history to plot (the detector was not trained with gradients)")
+    epochs = [record["epoch"] for record in history]
+    losses = [record["loss"] for record in history]
+    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
+    axis.plot(epochs, losses, marker="o", markersize=3, color="tab:blue", label="training loss")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss (mean over batches)")
+    if min(losses) > 0:
+        axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    validation = [(r["epoch"], r["val_image_auroc"]) for r in history if "val_image_auroc" in r]
+    if validation:
+        right = axis.twinx()
+        right.plot(*zip(*validation), marker="s", markersize=3, color="tab:orange", label="validation image AUROC")
+        right.set_ylabel("validation image AUROC")
+        right.set_ylim(0, 1.02)
+    axis.set_title(title or "training loss")
+    figure.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        plt.close(figure)
