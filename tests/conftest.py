@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic datasets, a clean plugin registry and one torch thread per test."""
+"""Shared fixtures: synthetic datasets and a clean plugin registry (one torch thread per unit
+test comes from the repository's root conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import tiny_detectors
 from adcore.plugins import LOAD_PLUGINS_ENV, PluginRegistry, set_registry
-from helpers import make_mvtec, single_thread
+from helpers import make_mvtec
 
 _ENV_VARS = (LOAD_PLUGINS_ENV, "ADCORE_ALLOW_DOWNLOAD")
 
@@ -22,16 +23,6 @@ def mvtec_root(tmp_path: Path) -> Path:
 def shared_mvtec(tmp_path_factory) -> Path:
     """One read-only MVTec layout for tests that only read it."""
     return make_mvtec(tmp_path_factory.mktemp("mvtec") / "category")
-
-
-@pytest.fixture(autouse=True)
-def _single_thread(request):
-    """Unit tests run single-threaded; end-to-end tests on real data keep the default."""
-    if request.node.get_closest_marker("e2e"):
-        yield
-        return
-    with single_thread():
-        yield
 
 
 # -- plugin registry isolation ------------------------------------------------------------

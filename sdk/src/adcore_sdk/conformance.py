@@ -27,6 +27,7 @@ Class attributes tune the run (smaller images, fewer epochs); they cannot turn a
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +40,18 @@ from adcore.engine import Engine, Predictions
 from adcore.metrics import image_auroc
 from adcore.plugins import PluginRegistry, create_detector, set_registry
 from adcore.protocols import TrainingKind
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """The kit's data is tiny; one thread is fast, and a fixed thread count keeps float
+    reductions in one order, so "same seed, same scores" compares like with like."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class DetectorConformance:
@@ -80,9 +93,10 @@ class DetectorConformance:
     @classmethod
     def fitted(cls, conformance_registry, conformance_splits):
         """(detector, engine, test predictions) after one seeded fit."""
-        detector, engine = cls.build(conformance_registry), cls.engine()
-        engine.fit(detector, cls.dataset(detector, conformance_splits.train), None)
-        return detector, engine, engine.predict(detector, cls.dataset(detector, conformance_splits.test))
+        with _one_thread():
+            detector, engine = cls.build(conformance_registry), cls.engine()
+            engine.fit(detector, cls.dataset(detector, conformance_splits.train), None)
+            return detector, engine, engine.predict(detector, cls.dataset(detector, conformance_splits.test))
 
     # -- helpers ------------------------------------------------------------------------------
     @classmethod
@@ -100,9 +114,10 @@ class DetectorConformance:
         return AnomalyDataset(records, detector.input_spec, has_masks=any(r.mask_path for r in records))
 
     def fit_and_predict(self, registry, splits, seed: int = 0) -> Predictions:
-        detector, engine = self.build(registry, seed), self.engine(seed)
-        engine.fit(detector, self.dataset(detector, splits.train), None)
-        return engine.predict(detector, self.dataset(detector, splits.test))
+        with _one_thread():
+            detector, engine = self.build(registry, seed), self.engine(seed)
+            engine.fit(detector, self.dataset(detector, splits.train), None)
+            return engine.predict(detector, self.dataset(detector, splits.test))
 
     # -- 1. discovery ---------------------------------------------------------------------------
     def test_is_discoverable(self, conformance_registry):
@@ -164,7 +179,8 @@ class DetectorConformance:
         path = save_checkpoint(detector, tmp_path / "model.safetensors")
         restored, metadata = load_checkpoint(path, registry=conformance_registry)
         assert metadata["detector"] == self.detector
-        again = engine.predict(restored, self.dataset(restored, conformance_splits.test))
+        with _one_thread():
+            again = engine.predict(restored, self.dataset(restored, conformance_splits.test))
         assert torch.equal(predictions.scores, again.scores), (
             f"scores change after a checkpoint round trip (max difference "
             f"{(predictions.scores - again.scores).abs().max():.3g}): is all learned state in parameters or buffers?"

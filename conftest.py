@@ -1,0 +1,22 @@
+"""Settings for every test in the repository (core, plugins, SDK, examples).
+
+Unit tests run with one torch thread: their tensors are tiny, the machine is shared,
+and multi-threaded CPU kernels on a busy machine can be many times slower (threads
+waiting for each other's time slices). End-to-end tests on real data keep the default.
+"""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread(request):
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,8 @@
+"""adcore's conformance kit (adcore-sdk) on the padim detector."""
+
+from adcore_sdk.conformance import DetectorConformance
+
+
+class TestPadimConformance(DetectorConformance):
+    detector = "padim"
+    params = {"image_size": 64}  # noqa: RUF012 (read-only configuration)
