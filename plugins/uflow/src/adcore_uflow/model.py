@@ -1,0 +1,187 @@
+"""U-Flow (Tailanian et al. 2023), step by step as in the paper.
+
+1. Multi-scale features: a frozen pretrained encoder at several stages whose strides
+   double (lite0 stages 2, 3, 4: strides 8, 16, 32; the paper uses MS-CaiT), each
+   normalised per image over (C, h, w) (a parameter-free layer norm). The encoder is
+   frozen and images are not augmented, so its features are computed once and cached.
+2. U-shaped normalizing flow (:mod:`adcore_uflow.flow`): the coarsest scale's flow runs
+   first; half its output channels are that scale's latents, the other half are upsampled
+   invertibly and concatenated to the next finer scale's features before its flow.
+3. Training: maximum likelihood of the latents under a standard normal (change of
+   variables), Adam with a linear learning-rate decay.
+4. Anomaly map: per scale, the likelihood exp(-mean_c z^2 / 2) (per dimension), upsampled
+   to the image and averaged over scales; the image score is the map's maximum.
+5. A-contrario segmentation (:mod:`adcore_uflow.nfa`): -log10 NFA per pixel, positive
+   where an anomaly is detected, with no anomalous data. ``map_type="nfa"`` returns it as
+   the anomaly map (the image score is then its maximum, so ``score > 0`` is the NFA
+   decision); :meth:`Uflow.nfa_map` and :meth:`Uflow.nfa_decision` give it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import torch
+import torch.nn.functional as F
+from adcore.backbones.feature_extractor import create_feature_extractor
+from adcore.batch import Batch
+from adcore.components.feature_cache import FrozenFeatureCache
+from adcore.components.flow import flow_nll_loss, gaussian_log_likelihood, log_likelihood_to_anomaly_map
+from adcore.config import to_int_tuple, to_size
+from adcore.detector import AnomalyDetector
+from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+
+from adcore_uflow.flow import UShapedFlow
+from adcore_uflow.nfa import log_nfa_map
+
+MAP_TYPES = ("likelihood", "nfa")
+
+
+def _positive(instance, attribute, value) -> None:
+    if not value > 0:
+        raise ValueError(f"uflow: {attribute.name} must be positive, got {value}")
+
+
+def _unit_interval(instance, attribute, value) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"uflow: {attribute.name} must be in (0, 1), got {value}")
+
+
+def _map_type(instance, attribute, value) -> None:
+    if value not in MAP_TYPES:
+        raise ValueError(f"uflow: map_type must be one of {MAP_TYPES}, got {value!r}")
+
+
+@attrs.define
+class UflowConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    #: Encoder stages, finest first; each must have twice the stride of the previous one.
+    layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple)
+    image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
+    #: Coupling blocks per scale (anomalib's name and default).
+    flow_steps: int = attrs.field(default=4, validator=_positive)
+    affine_clamp: float = attrs.field(default=2.0, validator=_positive)
+    affine_subnet_channels_ratio: float = attrs.field(default=1.0, validator=_positive)
+    permute_soft: bool = False
+    epochs: int = attrs.field(default=10, validator=_positive)
+    learning_rate: float = attrs.field(default=1e-3, validator=_positive)
+    weight_decay: float = attrs.field(default=1e-5, validator=attrs.validators.ge(0.0))
+    #: The learning rate decays linearly to this fraction of itself over the epochs.
+    lr_end_factor: float = attrs.field(default=0.4, validator=_unit_interval)
+    #: What ``forward`` returns as the anomaly map: the likelihood map, or -log10 NFA.
+    map_type: str = attrs.field(default="likelihood", validator=_map_type)
+    #: A-contrario test: window (in latent positions at the finest scale, halved per coarser scale).
+    nfa_window_size: int = attrs.field(default=7, validator=_positive)
+    #: A latent is a candidate when its square exceeds this chi2(1) quantile (anomalib's
+    #: ``binomial_probability_thr``): under normality a fraction 1 - threshold of latents is.
+    nfa_probability_threshold: float = attrs.field(default=0.5, validator=_unit_interval)
+    weights: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if (
+            len(self.layers) < 1
+            or len(set(self.layers)) != len(self.layers)
+            or list(self.layers) != sorted(self.layers)
+        ):
+            raise ValueError(f"uflow: layers must be distinct stage indices, finest first, got {self.layers}")
+        if self.nfa_window_size % 2 != 1:
+            raise ValueError(
+                f"uflow: nfa_window_size must be odd (a window centred on the pixel), got {self.nfa_window_size}"
+            )
+
+
+class Uflow(AnomalyDetector):
+    name = "uflow"
+    Config = UflowConfig
+
+    def __init__(self, config: UflowConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        self.encoder = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights, frozen=True)
+        strides = self.encoder.strides
+        if any(b != 2 * a for a, b in itertools.pairwise(strides)):
+            raise ValueError(
+                f"uflow: the layers' strides must double from one scale to the next, got {strides} for {cfg.layers}"
+            )
+        height, width = cfg.image_size
+        if height % strides[-1] or width % strides[-1]:
+            raise ValueError(
+                f"uflow: image_size {cfg.image_size} must be divisible by the coarsest stride {strides[-1]}"
+            )
+        sizes = [(height // s, width // s) for s in strides]
+        self.flow = UShapedFlow(
+            self.encoder.channels,
+            sizes,
+            flow_steps=cfg.flow_steps,
+            affine_clamp=cfg.affine_clamp,
+            affine_subnet_channels_ratio=cfg.affine_subnet_channels_ratio,
+            permute_soft=cfg.permute_soft,
+        )
+        self._feature_cache: FrozenFeatureCache | None = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.config.image_size, self.encoder.mean, self.encoder.std)
+
+    @property
+    def training_spec(self) -> TrainingSpec:
+        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs)
+
+    # -- step 1: features ------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features, finest first, each layer-normalised over (C, h, w) so scales are comparable."""
+        return [F.layer_norm(f.float(), f.shape[1:]) for f in self.encoder(images)]
+
+    # -- step 3: training ------------------------------------------------------------------
+    def configure_optimizer(self):
+        cfg = self.config
+        optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        # Stepped once per epoch over the configured epochs; if the engine runs more
+        # (``--epochs``), the rate stays at its final value.
+        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=cfg.epochs)
+        return optimizer, scheduler
+
+    def fit_begin(self) -> None:
+        self._feature_cache = FrozenFeatureCache(self.features)
+
+    def fit_end(self) -> None:
+        self._feature_cache = None
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        features = self._feature_cache(batch.image, batch.path)
+        latents, log_jac_det = self.flow(features)
+        return flow_nll_loss(latents, log_jac_det)
+
+    # -- steps 4 and 5: scoring --------------------------------------------------------------
+    def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The flow's latents for ``images``, finest scale first, in float32."""
+        self.check_images(images)
+        self.check_fitted()
+        latents, _ = self.flow(self.features(images))
+        return [z.float() for z in latents]
+
+    def likelihood_map(self, latents: list[torch.Tensor], image_size) -> torch.Tensor:
+        """Minus the per-dimension likelihood, upsampled and averaged over scales: (N, 1, H, W)."""
+        return log_likelihood_to_anomaly_map(
+            [gaussian_log_likelihood(z) for z in latents], image_size, mode="probability", fusion="mean"
+        )
+
+    def nfa_map(self, images: torch.Tensor) -> torch.Tensor:
+        """-log10 NFA per pixel (N, 1, H, W); > 0 marks an a-contrario detection."""
+        cfg = self.config
+        return log_nfa_map(self.latents(images), images.shape[-2:], cfg.nfa_window_size, cfg.nfa_probability_threshold)
+
+    def nfa_decision(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: an image is anomalous when any of its pixels has -log10 NFA > 0."""
+        return self.nfa_map(images).flatten(1).amax(dim=1) > 0
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        cfg = self.config
+        latents = self.latents(images)
+        size = images.shape[-2:]
+        if cfg.map_type == "nfa":
+            anomaly_map = log_nfa_map(latents, size, cfg.nfa_window_size, cfg.nfa_probability_threshold)
+        else:
+            anomaly_map = self.likelihood_map(latents, size)
+        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
