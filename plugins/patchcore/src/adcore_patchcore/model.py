@@ -1,0 +1,154 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+1. Locally aware patch features: feature maps of mid-level backbone stages, each averaged
+   over a ``patch_size`` x ``patch_size`` neighbourhood (stride 1), resized to the finest
+   of their grids (bilinear) and concatenated: one feature vector per patch position.
+2. Memory bank: the patch features of all training images.
+3. Coreset subsampling: k-center-greedy selection of ``coreset_sampling_ratio`` of the
+   bank, with distances measured on a sparse random projection to ``projection_dim``
+   dimensions; the selected (unprojected) features form the memory bank.
+4. Patch scores: Euclidean distance of each test patch to its nearest memory item (exact,
+   chunked search). Anomaly map: patch scores upsampled to the image, Gaussian blur
+   (sigma ``blur_sigma``).
+5. Image score: the largest patch score s*, re-weighted by how isolated its nearest memory
+   item m* is (paper eq. 7): ``s = (1 - softmax(d(m_test*, N_b(m*)))[m*]) * s*``, where
+   N_b(m*) are the ``num_neighbors`` bank items nearest to m* (m* included).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from adcore.backbones.feature_extractor import create_feature_extractor
+from adcore.batch import Batch
+from adcore.components.anomaly_map import UpsampleBlurMap
+from adcore.components.coreset import KCenterGreedy
+from adcore.components.nearest_neighbor import nearest_neighbors
+from adcore.config import to_int_tuple, to_size
+from adcore.detector import AnomalyDetector
+from adcore.protocols import DetectorOutput, InputSpec
+
+
+def _positive(instance, attribute, value) -> None:
+    if value < 1:
+        raise ValueError(f"patchcore: {attribute.name} must be at least 1, got {value}")
+
+
+def _ratio(instance, attribute, value) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"patchcore: {attribute.name} must be in (0, 1], got {value}")
+
+
+def _odd(instance, attribute, value) -> None:
+    if value < 1 or value % 2 == 0:
+        raise ValueError(f"patchcore: {attribute.name} must be a positive odd number (a centred window), got {value}")
+
+
+def _layers(instance, attribute, value) -> None:
+    if not value:
+        raise ValueError("patchcore: layers must name at least one backbone stage")
+
+
+def _non_negative(instance, attribute, value) -> None:
+    if value < 0:
+        raise ValueError(f"patchcore: {attribute.name} must be >= 0, got {value}")
+
+
+def _optional_positive(instance, attribute, value) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"patchcore: {attribute.name} must be positive or None, got {value}")
+
+
+@attrs.define
+class PatchcoreConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    # Mid-level stages of lite0: stride 8 (40 ch) and 16 (112 ch), like WideResNet's layer2/3.
+    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple, validator=_layers)
+    image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
+    coreset_sampling_ratio: float = attrs.field(default=0.1, converter=float, validator=_ratio)
+    num_neighbors: int = attrs.field(default=9, converter=int, validator=_positive)
+    patch_size: int = attrs.field(default=3, converter=int, validator=_odd)  # neighbourhood of the local averaging
+    projection_dim: int = attrs.field(default=128, converter=int, validator=_positive)  # coreset distances
+    blur_sigma: float = attrs.field(default=4.0, converter=float, validator=_non_negative)
+    # Largest query/bank block of the nearest-neighbour search (None: ~16 MB blocks).
+    search_chunk_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    weights: str = "auto"
+    seed: int = 0  # coreset start point and random projection
+
+
+class Patchcore(AnomalyDetector):
+    name = "patchcore"
+    Config = PatchcoreConfig
+
+    def __init__(self, config: PatchcoreConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        self.feature_extractor = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights)
+        self.sampler = KCenterGreedy(cfg.coreset_sampling_ratio, cfg.projection_dim, seed=cfg.seed)
+        self.anomaly_map = UpsampleBlurMap(cfg.blur_sigma)
+        # Sized at fit time; load_fitted_state lets it take the checkpoint's shape.
+        self.register_buffer("memory_bank", torch.empty(0, sum(self.feature_extractor.channels)))
+        self._train_features: list[torch.Tensor] = []
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.config.image_size, self.feature_extractor.mean, self.feature_extractor.std)
+
+    # -- 1. locally aware patch features ---------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features (N, D, h, w) on the finest grid of the chosen stages."""
+        k = self.config.patch_size
+        features = [F.avg_pool2d(f.float(), k, stride=1, padding=k // 2) for f in self.feature_extractor(images)]
+        size = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+        features = [
+            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            for f in features
+        ]
+        return torch.cat(features, dim=1)
+
+    @staticmethod
+    def _rows(embedding: torch.Tensor) -> torch.Tensor:
+        """(N, D, h, w) -> (N * h * w, D), one row per patch."""
+        return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
+
+    # -- 2. + 3. memory bank and coreset -------------------------------------------------------
+    def fit_begin(self) -> None:
+        self._train_features = []
+
+    def fit_batch(self, batch: Batch) -> None:
+        self._train_features.append(self._rows(self.embed(batch.image)))
+
+    def fit_end(self) -> None:
+        if not self._train_features:
+            raise ValueError("patchcore: fit_end called without any training batch")
+        features = torch.cat(self._train_features)
+        self._train_features = []  # release the per-batch copies before the coreset runs
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            selected = self.sampler.sample(features)
+        self.memory_bank = features[selected].contiguous()
+
+    # -- 4. + 5. scoring ---------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        self.check_images(images)
+        self.check_fitted()
+        embedding = self.embed(images)
+        n, _, h, w = embedding.shape
+        patches = self._rows(embedding)
+        bank = self.memory_bank
+        distances, nearest = nearest_neighbors(patches, bank, k=1, chunk_size=self.config.search_chunk_size)
+        patch_scores = distances.view(n, h * w)
+        nearest = nearest.view(n, h * w)
+
+        # Image score: the most anomalous patch, re-weighted by its nearest item's neighbourhood.
+        score, location = patch_scores.max(dim=1)
+        test_patch = patches.view(n, h * w, -1)[torch.arange(n, device=patches.device), location]  # m_test*
+        memory_item = nearest.gather(1, location.unsqueeze(1)).squeeze(1)  # m*
+        b = min(self.config.num_neighbors, bank.shape[0])
+        _, support = nearest_neighbors(bank[memory_item], bank, k=b, chunk_size=self.config.search_chunk_size)
+        support_distances = torch.linalg.vector_norm(test_patch.unsqueeze(1) - bank[support], dim=2)  # (n, b)
+        weight = 1.0 - torch.softmax(support_distances, dim=1)[:, 0]
+        pred_score = weight * score
+
+        anomaly_map = self.anomaly_map(patch_scores.view(n, 1, h, w), images.shape[-2:])
+        return DetectorOutput(pred_score=pred_score, anomaly_map=anomaly_map)
