@@ -22,6 +22,14 @@ PACKAGES = [
     "plugins/weights-efficientnet-lite",
     "plugins/padim",
     "plugins/stfpm",
+    "plugins/patchcore",
+    "plugins/dfkde",
+    "plugins/dfm",
+    "plugins/cfa",
+    "plugins/cflow",
+    "plugins/fastflow",
+    "plugins/csflow",
+    "plugins/uflow",
     "docs/examples/adcore-pixel-zscore",
 ]
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")

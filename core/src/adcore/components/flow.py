@@ -7,6 +7,8 @@ FrEIA supplies the invertible blocks; this module supplies what goes around them
   (FastFlow alternates 3x3 and 1x1 kernels, U-Flow and CS-Flow use 3x3);
 - :func:`all_in_one_flow`, a stack of FrEIA ``AllInOneBlock`` couplings with clamped
   affine scales (the clamp is what keeps training stable on a CPU in float32);
+- :class:`StableGraphINN`, FrEIA's ``GraphINN`` with a reproducible module order, so
+  checkpoints of graph-shaped flows (CS-Flow) load into the right modules;
 - 2-D sinusoidal positional encodings (CFlow conditions its decoders on them);
 - the Gaussian log-likelihood of a flow's output, the training loss derived from it,
   and the conversion of per-position log-likelihoods into an anomaly map.
@@ -99,6 +101,20 @@ def all_in_one_flow(
             **condition,
         )
     return flow
+
+
+class StableGraphINN(Ff.GraphINN):
+    """A ``GraphINN`` whose modules are registered in the order the nodes were built.
+
+    FrEIA sorts the graph by iterating over sets of nodes, so its ``module_list`` order,
+    and with it the state-dict keys, can differ between two builds of the same graph; a
+    checkpoint would then load one scale's permutation into another's. Execution still
+    follows FrEIA's topological order (it calls ``node.module``, not ``module_list``).
+    """
+
+    def __init__(self, nodes: Sequence[Ff.Node]) -> None:
+        super().__init__(list(nodes))
+        self.module_list = nn.ModuleList(node.module for node in nodes if node.module is not None)
 
 
 def positional_encoding_2d(channels: int, height: int, width: int) -> torch.Tensor:
