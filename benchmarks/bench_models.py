@@ -23,6 +23,18 @@ RUNS = {
     "padim-bf16": ("padim", {}, "bf16"),
     "stfpm": ("stfpm", {}, "fp32"),
     "stfpm-bf16-inference": ("stfpm", {}, "bf16-inference"),
+    "csflow": ("csflow", {}, "fp32"),
+    "cflow": ("cflow", {}, "fp32"),
+    "cflow-bf16-inference": ("cflow", {}, "bf16-inference"),
+    "patchcore": ("patchcore", {}, "fp32"),
+    "patchcore-1pct": ("patchcore", {"coreset_sampling_ratio": 0.01}, "fp32"),
+    "patchcore-25pct": ("patchcore", {"coreset_sampling_ratio": 0.25}, "fp32"),
+    "dfkde": ("dfkde", {}, "fp32"),
+    "dfm": ("dfm", {}, "fp32"),
+    "dfm-nll": ("dfm", {"score_type": "nll"}, "fp32"),
+    "cfa": ("cfa", {}, "fp32"),
+    "uflow": ("uflow", {}, "fp32"),
+    "fastflow": ("fastflow", {}, "fp32"),
 }
 
 
