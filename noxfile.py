@@ -70,7 +70,20 @@ def demo(session: nox.Session) -> None:
     """Fit PaDiM on the ELPV solar cells (real images from PyPI), print metrics, write heatmaps."""
     install(session, "demo")
     output = session.posargs[0] if session.posargs else "runs/demo-elpv-padim"
-    session.run(sys.executable, "-m", "adcore", "fit", "--model", "padim", "--data", "elpv:mono", "--output", output, "--heatmaps", "40")
+    session.run(
+        sys.executable,
+        "-m",
+        "adcore",
+        "fit",
+        "--model",
+        "padim",
+        "--data",
+        "elpv:mono",
+        "--output",
+        output,
+        "--heatmaps",
+        "40",
+    )
 
 
 @nox.session

@@ -40,7 +40,6 @@ RUNS = {
 
 def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int | None) -> dict:
     import torch
-
     from adcore.data import AnomalyDataset, load_data
     from adcore.engine import Engine
     from adcore.plugins import create_detector
@@ -107,10 +106,21 @@ def main() -> None:
 
     rows = []
     for name in args.runs.split(","):
-        command = [sys.executable, __file__, "--one", name, "--data", args.data, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--data",
+            args.data,
+            "--image-size",
+            str(args.image_size),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         if args.epochs is not None:
             command += ["--epochs", str(args.epochs)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(f"{name} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
             continue
@@ -123,16 +133,21 @@ def main() -> None:
     if args.json:
         print(json.dumps({"runs": rows, "backbone_img_s": backbone}, indent=2))
         return
-    print(f"data {args.data}, {args.image_size}px, batch {args.batch_size}, {rows[0]['threads'] if rows else '?'} threads")
+    print(
+        f"data {args.data}, {args.image_size}px, batch {args.batch_size}, {rows[0]['threads'] if rows else '?'} threads"
+    )
     header = f"{'run':<22}{'img AUROC':>10}{'pix AUROC':>10}{'AUPRO':>8}{'fit s':>8}{'epochs':>7}{'test img/s':>11}{'peak RSS MB':>12}"
     print(header)
     for r in rows:
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)
         print(
             f"{r['run']:<22}{fmt(r['image_auroc'], '.4f'):>10}{fmt(r['pixel_auroc'], '.4f'):>10}{fmt(r['pixel_aupro'], '.3f'):>8}"
             f"{r['fit_s']:>8.1f}{fmt(r['epochs'], 'd'):>7}{r['test_img_s']:>11.1f}{r['peak_rss_mb']:>12.0f}"
         )
-    print(f"bare {args.backbone} forward (full classifier), img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in backbone.items()))
+    print(
+        f"bare {args.backbone} forward (full classifier), img/s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in backbone.items())
+    )
     for r in rows:
         print(f"  {r['run']}: test throughput = {r['test_img_s'] / backbone['fp32']:.2f}x the bare fp32 backbone")
 

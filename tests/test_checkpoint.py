@@ -114,7 +114,7 @@ def test_tensors_that_do_not_fit_are_refused(fitted_tiny, tmp_path, tiny_registr
     path = save_checkpoint(detector, tmp_path / "model.safetensors")
     with safetensors.safe_open(str(path), framework="pt") as handle:
         header = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys() if key != "mean"}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys() if key != "mean"}  # noqa: SIM118 (safe_open handle, not a dict)
     safetensors.torch.save_file(tensors, str(path), metadata=header)
     with pytest.raises(CheckpointError, match="do not fit detector 'tiny-mean'") as info:
         load_checkpoint(path, registry=tiny_registry)

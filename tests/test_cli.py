@@ -19,8 +19,20 @@ def padim_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("cli-run") / "padim"
     set_registry(None)
     with single_thread():
-        code = main(["fit", "--model", "padim", "--data", f"mvtec:{root}", "--output", str(output),
-                     "--image-size", "64", "--no-progress"])
+        code = main(
+            [
+                "fit",
+                "--model",
+                "padim",
+                "--data",
+                f"mvtec:{root}",
+                "--output",
+                str(output),
+                "--image-size",
+                "64",
+                "--no-progress",
+            ]
+        )
     set_registry(None)
     assert code == 0
     return root, output
@@ -96,7 +108,10 @@ def test_fit_writes_a_heatmap_per_test_image(padim_run):
 
 def test_test_command_reproduces_the_metrics(padim_run, tmp_path, capsys):
     _, output = padim_run
-    assert main(["test", "--checkpoint", str(output / "model.safetensors"), "--output", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(["test", "--checkpoint", str(output / "model.safetensors"), "--output", str(tmp_path), "--no-progress"])
+        == 0
+    )
     fitted = json.loads((output / "metrics.json").read_text())
     retested = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max"):
@@ -108,10 +123,42 @@ def test_test_command_re_splits_like_fit(shared_mvtec, tmp_path):
     # With validation images taken out of the test set, `test` must score the same images
     # `fit` did (not the calibration ones too), so its metrics match.
     with single_thread():
-        assert main(["fit", "--model", "padim", "--data", f"mvtec:{shared_mvtec}", "--output", str(tmp_path / "fit"),
-                     "--image-size", "64", "--val-split", "from_test:0.5", "--heatmaps", "0", "--no-progress"]) == 0
-        assert main(["test", "--checkpoint", str(tmp_path / "fit" / "model.safetensors"), "--output",
-                     str(tmp_path / "test"), "--heatmaps", "0", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "--model",
+                    "padim",
+                    "--data",
+                    f"mvtec:{shared_mvtec}",
+                    "--output",
+                    str(tmp_path / "fit"),
+                    "--image-size",
+                    "64",
+                    "--val-split",
+                    "from_test:0.5",
+                    "--heatmaps",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "test",
+                    "--checkpoint",
+                    str(tmp_path / "fit" / "model.safetensors"),
+                    "--output",
+                    str(tmp_path / "test"),
+                    "--heatmaps",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     fitted = _rows(tmp_path / "fit" / "predictions.csv")
     retested = _rows(tmp_path / "test" / "predictions.csv")
     assert len(fitted) == 4 and [r["path"] for r in retested] == [r["path"] for r in fitted]
@@ -141,7 +188,9 @@ def test_predict_limits_heatmaps_spread_over_the_inputs(padim_run, images, tmp_p
 
 def test_predict_json_format(padim_run, images, tmp_path):
     _, output = padim_run
-    assert _predict(output / "model.safetensors", images, "--output", tmp_path, "--format", "json", "--heatmaps", "0") == 0
+    assert (
+        _predict(output / "model.safetensors", images, "--output", tmp_path, "--format", "json", "--heatmaps", "0") == 0
+    )
     rows = json.loads((tmp_path / "predictions.json").read_text())
     assert len(rows) == 5 and rows[3]["is_anomalous"] is True
 
@@ -193,8 +242,24 @@ def test_manual_image_threshold_changes_the_verdicts(padim_run, images, tmp_path
 
 def test_fit_with_a_manual_threshold_stores_it(shared_mvtec, tmp_path):
     with single_thread():
-        code = main(["fit", "--model", "padim", "--data", f"mvtec:{shared_mvtec}", "--output", str(tmp_path),
-                     "--image-size", "64", "--image-threshold", "1e9", "--heatmaps", "0", "--no-progress"])
+        code = main(
+            [
+                "fit",
+                "--model",
+                "padim",
+                "--data",
+                f"mvtec:{shared_mvtec}",
+                "--output",
+                str(tmp_path),
+                "--image-size",
+                "64",
+                "--image-threshold",
+                "1e9",
+                "--heatmaps",
+                "0",
+                "--no-progress",
+            ]
+        )
     assert code == 0
     assert all(row["is_anomalous"] == "False" for row in _rows(tmp_path / "predictions.csv"))
     report = json.loads((tmp_path / "report.json").read_text())
@@ -206,8 +271,26 @@ def test_same_seed_same_scores_through_the_cli(shared_mvtec, tmp_path):
     # must cover that too, not only the training loop.
     scores = []
     for run in ("a", "b"):
-        code = main(["fit", "--model", "stfpm", "--data", f"mvtec:{shared_mvtec}", "--output", str(tmp_path / run),
-                     "--image-size", "64", "--epochs", "1", "--heatmaps", "0", "--seed", "3", "--no-progress"])
+        code = main(
+            [
+                "fit",
+                "--model",
+                "stfpm",
+                "--data",
+                f"mvtec:{shared_mvtec}",
+                "--output",
+                str(tmp_path / run),
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--heatmaps",
+                "0",
+                "--seed",
+                "3",
+                "--no-progress",
+            ]
+        )
         assert code == 0
         scores.append([row["score"] for row in _rows(tmp_path / run / "predictions.csv")])
     assert scores[0] == scores[1]
@@ -215,8 +298,22 @@ def test_same_seed_same_scores_through_the_cli(shared_mvtec, tmp_path):
 
 def test_gradient_fit_writes_a_loss_curve_png(shared_mvtec, tmp_path, tiny_registry):
     output = tmp_path / "grad"
-    code = main(["fit", "--model", "tiny-grad", "--data", f"mvtec:{shared_mvtec}", "--output", str(output),
-                 "--epochs", "3", "--validate-every", "1", "--no-progress"])
+    code = main(
+        [
+            "fit",
+            "--model",
+            "tiny-grad",
+            "--data",
+            f"mvtec:{shared_mvtec}",
+            "--output",
+            str(output),
+            "--epochs",
+            "3",
+            "--validate-every",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     history = json.loads((output / "report.json").read_text())["history"]
     assert [record["epoch"] for record in history] == [1, 2, 3]

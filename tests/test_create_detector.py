@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from adcore.plugins import PluginError, create_detector
 
 

@@ -22,7 +22,9 @@ def test_mvtec_records_labels_and_masks(mvtec_root):
     assert _names(splits.train) == [("good", f"{i:03d}.png") for i in range(12)]
     assert all(r.label == 0 and r.mask_path is None for r in splits.train)
 
-    assert _names(splits.test) == [("good", f"{i:03d}.png") for i in range(4)] + [("scratch", f"{i:03d}.png") for i in range(4)]
+    assert _names(splits.test) == [("good", f"{i:03d}.png") for i in range(4)] + [
+        ("scratch", f"{i:03d}.png") for i in range(4)
+    ]
     good, bad = splits.test[:4], splits.test[4:]
     assert all(r.label == 0 and r.mask_path is None and r.defect_type == "good" for r in good)
     for record in bad:

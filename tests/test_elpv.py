@@ -1,7 +1,6 @@
 """The ELPV adapter serves the real solar-cell images shipped by the elpv-dataset package."""
 
 import pytest
-
 from adcore.data import AnomalyDataset, load_data
 from adcore.protocols import InputSpec
 

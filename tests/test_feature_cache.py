@@ -1,7 +1,6 @@
 """FrozenFeatureCache: each image's frozen features are computed once, and stay correct."""
 
 import torch
-
 from adcore.components.feature_cache import FrozenFeatureCache
 
 

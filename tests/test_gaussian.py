@@ -41,4 +41,3 @@ def test_needs_two_samples_and_a_fit():
     gaussian.update(torch.zeros(1, 3, 4))
     with pytest.raises(ValueError, match="at least 2"):
         gaussian.finalize()
-

@@ -53,7 +53,7 @@ def test_palette_image_uses_its_colours(tmp_path):
 
 def _save_16bit(path, values):
     array = np.zeros((H, W), dtype=np.uint16)
-    for (row, value) in enumerate(values):
+    for row, value in enumerate(values):
         array[row] = value
     Image.fromarray(array).save(path)
     assert Image.open(path).mode == "I;16"

@@ -37,7 +37,9 @@ def site(tmp_path, monkeypatch):
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         (info / "entry_points.txt").write_text(f"[adcore]\n{entry_point} = {module}\n")
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source.format(**fmt)) if fmt else textwrap.dedent(source))
+        (tmp_path / f"{module}.py").write_text(
+            textwrap.dedent(source.format(**fmt)) if fmt else textwrap.dedent(source)
+        )
         return module
 
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -91,8 +91,13 @@ def test_uncalibrated_normalisation_is_refused():
 
 
 def _predictions(scores):
-    return Predictions(paths=[f"img{i}.png" for i in range(len(scores))], scores=torch.tensor(scores),
-                       maps=None, labels=None, masks=None)
+    return Predictions(
+        paths=[f"img{i}.png" for i in range(len(scores))],
+        scores=torch.tensor(scores),
+        maps=None,
+        labels=None,
+        masks=None,
+    )
 
 
 def test_manual_threshold_changes_verdicts_and_normalised_scores():

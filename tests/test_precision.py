@@ -1,7 +1,6 @@
 """bf16 autocast (AMX on x86 CPUs) speeds up backbones without corrupting density statistics."""
 
 import torch
-
 from adcore.components.gaussian import PositionalGaussian
 from adcore.data import AnomalyDataset, load_data
 from adcore.engine import Engine

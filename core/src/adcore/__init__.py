@@ -8,4 +8,4 @@ __version__ = "0.1.0"
 #: ``ADCORE_API = ">=1,<2"`` style specifiers; incompatible plugins are refused.
 API_VERSION = 1
 
-__all__ = ["hookimpl", "__version__", "API_VERSION"]
+__all__ = ["API_VERSION", "__version__", "hookimpl"]

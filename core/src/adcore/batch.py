@@ -20,8 +20,8 @@ class Batch:
     label: torch.Tensor | None = None
     mask: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)
         return Batch(move(self.image), self.path, move(self.label), move(self.mask))
 
     def __len__(self) -> int:

@@ -58,7 +58,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a message naming the file
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from None
     if METADATA_KEY not in header:
         raise CheckpointError(f"{path}: safetensors file has no adcore metadata; was it written by adcore?")
@@ -75,7 +75,9 @@ def load_checkpoint(
     path = Path(path)
     metadata = read_metadata(path)
     if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer adcore (format {metadata['format_version']}); upgrade adcore")
+        raise CheckpointError(
+            f"{path}: written by a newer adcore (format {metadata['format_version']}); upgrade adcore"
+        )
     registry = registry or get_registry()
     detector_class = registry.detector_class(metadata["detector"])
     plugin = registry.plugin_of(metadata["detector"])
@@ -90,6 +92,6 @@ def load_checkpoint(
     try:
         tensors = safetensors.torch.load_file(str(path), device=str(device))
         detector.load_fitted_state(tensors)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any mismatch becomes a message naming the file
         raise CheckpointError(f"{path}: tensors do not fit detector '{metadata['detector']}' ({exc})") from None
     return detector.to(device).eval(), metadata

@@ -124,7 +124,9 @@ def _write_table(path: Path, rows: list[dict], fmt: str) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _write_heatmaps(directory: Path, detector: AnomalyDetector, dataset: AnomalyDataset, predictions: Predictions, limit: int) -> int:
+def _write_heatmaps(
+    directory: Path, detector: AnomalyDetector, dataset: AnomalyDataset, predictions: Predictions, limit: int
+) -> int:
     """Panels for up to ``limit`` images spread evenly over the dataset (all defect types)."""
     post = detector.post_processor
     if not post.is_calibrated or limit <= 0:
@@ -133,7 +135,11 @@ def _write_heatmaps(directory: Path, detector: AnomalyDetector, dataset: Anomaly
     n = min(limit, count)
     chosen = sorted({round(i * (count - 1) / max(n - 1, 1)) for i in range(n)})
     scores = post.normalize_scores(predictions.scores)
-    maps = post.normalize_maps(predictions.maps) if predictions.maps is not None and not torch.isnan(post.pixel_threshold) else None
+    maps = (
+        post.normalize_maps(predictions.maps)
+        if predictions.maps is not None and not torch.isnan(post.pixel_threshold)
+        else None
+    )
     for index in chosen:
         pixels, gt_mask = dataset.raw(index)
         record = dataset.records[index]
@@ -144,7 +150,11 @@ def _write_heatmaps(directory: Path, detector: AnomalyDetector, dataset: Anomaly
             bool(scores[index] >= 0.5),
             None if gt_mask is None else gt_mask[0].numpy(),
         )
-        stem = f"{record.defect_type.replace('/', '_')}_{Path(record.path).stem}" if record.defect_type else Path(record.path).stem
+        stem = (
+            f"{record.defect_type.replace('/', '_')}_{Path(record.path).stem}"
+            if record.defect_type
+            else Path(record.path).stem
+        )
         save_panel(directory / f"{index:04d}_{stem}.png", panel)
     return len(chosen)
 
@@ -171,7 +181,9 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     width = max([len(p["name"]) for p in plugins] + [6])
     print(f"{'plugin':<{width}}  {'version':<9} provides")
     for p in plugins:
-        provides = ", ".join([f"detector {d}" for d in p["detectors"]] + [f"weights {w}" for w in p["weight_providers"]])
+        provides = ", ".join(
+            [f"detector {d}" for d in p["detectors"]] + [f"weights {w}" for w in p["weight_providers"]]
+        )
         status = f"ERROR: {p['error'].splitlines()[0]}" if p["error"] else provides or "(nothing)"
         print(f"{p['name']:<{width}}  {p['version'] or '-':<9} {status}")
     for name, owners in registry.clashes.items():
@@ -188,7 +200,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     gradient = detector.training_spec.kind.value == "gradient"
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)
     val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
-    print(f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images", file=sys.stderr)
+    print(
+        f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images",
+        file=sys.stderr,
+    )
     report = engine.fit(detector, train, val, calibrate=False)
     val_predictions = engine.predict(detector, val, description="calibrate") if val is not None else None
     if val_predictions is not None:
@@ -204,7 +219,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "environment": _environment(),
         "weights_sources": {
-            name: module.weights_source for name, module in detector.named_modules() if isinstance(module, TimmFeatureExtractor)
+            name: module.weights_source
+            for name, module in detector.named_modules()
+            if isinstance(module, TimmFeatureExtractor)
         },
     }
     save_checkpoint(detector, output / CHECKPOINT_NAME, extra={"run": run})
@@ -222,7 +239,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         written = _write_heatmaps(output / "heatmaps", detector, test, predictions, args.heatmaps)
         report["metrics"] = metrics
         _print_metrics(metrics)
-        print(f"wrote {output / CHECKPOINT_NAME}, metrics.json, predictions.csv and {written} heatmaps in {output}/heatmaps")
+        print(
+            f"wrote {output / CHECKPOINT_NAME}, metrics.json, predictions.csv and {written} heatmaps in {output}/heatmaps"
+        )
     else:
         print(f"wrote {output / CHECKPOINT_NAME} (no test data: no metrics)")
     if report["history"]:
@@ -296,15 +315,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same scores (default 0)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 uses AMX / tensor cores where present")
-    parser.add_argument("--image-threshold", type=float, help="manual image threshold in raw score units (overrides the learned one)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 uses AMX / tensor cores where present"
+    )
+    parser.add_argument(
+        "--image-threshold", type=float, help="manual image threshold in raw score units (overrides the learned one)"
+    )
     parser.add_argument("--pixel-threshold", type=float, help="manual pixel threshold in raw score units")
-    parser.add_argument("--heatmaps", type=int, default=50, help="how many heatmap panels to write (default 50, spread over the data)")
+    parser.add_argument(
+        "--heatmaps", type=int, default=50, help="how many heatmap panels to write (default 50, spread over the data)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adcore", description="Visual anomaly detection: fit, test and predict with plugin models.")
+    parser = argparse.ArgumentParser(
+        prog="adcore", description="Visual anomaly detection: fit, test and predict with plugin models."
+    )
     parser.add_argument("--version", action="version", version=f"adcore {adcore.__version__}")
     parser.add_argument("--plugins", help=f"comma-separated plugins to load (empty: none); same as {LOAD_PLUGINS_ENV}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -315,17 +342,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit a detector; test it when the data has test images")
     fit.add_argument("--model", required=True, help="detector name (see adcore list-plugins)")
-    fit.add_argument("--data", required=True, help="mvtec:PATH | folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR] | elpv[:mono|poly|all]")
+    fit.add_argument(
+        "--data",
+        required=True,
+        help="mvtec:PATH | folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR] | elpv[:mono|poly|all]",
+    )
     fit.add_argument("--output", default="runs/latest", help="folder for checkpoint, metrics, report, heatmaps")
     fit.add_argument("--param", action="append", metavar="NAME=VALUE", help="detector parameter, repeatable")
     fit.add_argument("--image-size", type=int, help="square input size (shortcut for --param image_size=)")
     fit.add_argument("--backbone", help="timm backbone name (shortcut for --param backbone=)")
-    fit.add_argument("--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)")
-    fit.add_argument("--allow-download", action="store_true", help="allow timm hub downloads when no offline weights exist")
+    fit.add_argument(
+        "--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)"
+    )
+    fit.add_argument(
+        "--allow-download", action="store_true", help="allow timm hub downloads when no offline weights exist"
+    )
     fit.add_argument("--epochs", type=int, help="override the detector's default number of epochs")
-    fit.add_argument("--validate-every", type=int, help="gradient training: image AUROC on validation data every N epochs")
+    fit.add_argument(
+        "--validate-every", type=int, help="gradient training: image AUROC on validation data every N epochs"
+    )
     fit.add_argument("--val-split", default="same_as_test", help="same_as_test | from_test:F | from_train:F | none")
-    fit.add_argument("--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies")
+    fit.add_argument(
+        "--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies"
+    )
     _common(fit)
     fit.set_defaults(run=cmd_fit)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def _split(value: Any) -> Any:
-    """"1,2,3" -> ["1", "2", "3"]; anything else unchanged."""
+    """ "1,2,3" -> ["1", "2", "3"]; anything else unchanged."""
     return [part for part in value.split(",") if part.strip()] if isinstance(value, str) and "," in value else value
 
 

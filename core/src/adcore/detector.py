@@ -40,7 +40,7 @@ class AnomalyDetector(nn.Module):
 
     # -- description -------------------------------------------------------------------
     @classmethod
-    def from_config_dict(cls, values: dict) -> "AnomalyDetector":
+    def from_config_dict(cls, values: dict) -> AnomalyDetector:
         known = {f.name for f in attrs.fields(cls.Config)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -77,7 +77,9 @@ class AnomalyDetector(nn.Module):
 
     def initial_pass_batch(self, batch: Batch) -> None:
         """With ``TrainingSpec(initial_pass=True)``: see one batch before training (no gradients)."""
-        raise NotImplementedError(f"{type(self).__name__} asks for an initial pass but does not implement initial_pass_batch")
+        raise NotImplementedError(
+            f"{type(self).__name__} asks for an initial pass but does not implement initial_pass_batch"
+        )
 
     def initial_pass_end(self) -> None:
         """After the initial pass, before the optimizer is configured: finish statistics."""
@@ -108,14 +110,18 @@ class AnomalyDetector(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise KeyError(f"{self.name}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise KeyError(
+                f"{self.name}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         for key, value in state.items():
             module_path, _, leaf = key.rpartition(".")
             module = self.get_submodule(module_path) if module_path else self
             if leaf in module._buffers:
                 module._buffers[leaf] = value.to(own[key].device)
             elif own[key].shape != value.shape:
-                raise ValueError(f"{self.name}: parameter {key} has shape {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} in the model")
+                raise ValueError(
+                    f"{self.name}: parameter {key} has shape {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} in the model"
+                )
             else:
                 with torch.no_grad():
                     getattr(module, leaf).copy_(value)

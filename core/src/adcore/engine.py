@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -64,7 +64,7 @@ class Engine:
     epochs: int | None = None
     #: Overrides the detector's validation interval in epochs (0: never during training).
     validate_every: int | None = None
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -92,7 +92,11 @@ class Engine:
 
     # -- fit ----------------------------------------------------------------------------------
     def fit(
-        self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None = None, calibrate: bool = True
+        self,
+        detector: AnomalyDetector,
+        train: AnomalyDataset,
+        val: AnomalyDataset | None = None,
+        calibrate: bool = True,
     ) -> dict:
         """Fit the detector, then (unless ``calibrate=False``) calibrate thresholds on ``val``; returns a report.
 

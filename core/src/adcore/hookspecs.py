@@ -12,7 +12,7 @@ then plugins added in code with ``PluginRegistry.add_plugin``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pluggy
@@ -86,7 +87,7 @@ class PluginRegistry:
             try:
                 module = ep.load()
                 _check_api(module)
-            except Exception as exc:  # a broken plugin must not break the host
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the host
                 info.error = f"{type(exc).__name__}: {exc}"
                 self.plugins[ep.name] = info
                 continue
@@ -110,7 +111,7 @@ class PluginRegistry:
         self.plugins[info.name] = info
         try:
             self.manager.register(plugin, name=info.name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the host
             info.error = f"{type(exc).__name__}: {exc}"
             return
         self._call(info, "adcore_register_detectors", self._detector_registrar(info))
@@ -135,7 +136,7 @@ class PluginRegistry:
                 continue
             try:
                 impl.function(register=register)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the host
                 info.error = f"{type(exc).__name__} in {hook_name}: {exc}\n{traceback.format_exc(limit=3)}"
 
     def _detector_registrar(self, info: PluginInfo) -> Callable[[type], None]:

@@ -93,7 +93,9 @@ class PostProcessor(nn.Module):
             self.pixel_threshold.fill_(float(pixel))
 
     @staticmethod
-    def _normalize(values: torch.Tensor, threshold: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    def _normalize(
+        values: torch.Tensor, threshold: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    ) -> torch.Tensor:
         # A manual threshold without calibration has no min/max: use a unit span so the
         # threshold still maps to 0.5 (NaN would make every normalised score NaN).
         span = torch.nan_to_num(high - low, nan=1.0).clamp_min(1e-12)

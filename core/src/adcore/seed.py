@@ -17,7 +17,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA, then Apple MPS, then the CPU."""
+    """ "auto" picks CUDA, then Apple MPS, then the CPU."""
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():

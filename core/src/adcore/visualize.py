@@ -13,7 +13,16 @@ from adcore.io import atomic_write
 
 # A perceptually ordered dark-blue -> cyan -> yellow -> red ramp (anchors of a "turbo"-like map).
 _ANCHORS = np.array(
-    [[48, 18, 59], [70, 107, 227], [40, 188, 235], [50, 241, 152], [164, 252, 60], [240, 205, 55], [250, 125, 30], [180, 25, 5]],
+    [
+        [48, 18, 59],
+        [70, 107, 227],
+        [40, 188, 235],
+        [50, 241, 152],
+        [164, 252, 60],
+        [240, 205, 55],
+        [250, 125, 30],
+        [180, 25, 5],
+    ],
     dtype=np.float64,
 )
 
@@ -33,7 +42,13 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def render_panel(image: np.ndarray, normalized_map: np.ndarray | None, score: float, is_anomalous: bool, gt_mask: np.ndarray | None = None) -> Image.Image:
+def render_panel(
+    image: np.ndarray,
+    normalized_map: np.ndarray | None,
+    score: float,
+    is_anomalous: bool,
+    gt_mask: np.ndarray | None = None,
+) -> Image.Image:
     """[image | heatmap overlay | predicted region outlined]; maps are normalised (0.5 = threshold)."""
     height, width = image.shape[:2]
     tiles = [image]

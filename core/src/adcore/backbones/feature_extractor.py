@@ -9,7 +9,7 @@ the same indices as timm's ``features_only=True, out_indices=...``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
@@ -21,8 +21,18 @@ from adcore.backbones.weights import AUTO, ResolvedWeights, resolve_weights
 class TimmFeatureExtractor(nn.Module):
     """A :class:`adcore.protocols.FeatureExtractor` over a (pruned) timm model."""
 
-    def __init__(self, model: nn.Module, layers: tuple[int, ...], channels: list[int], strides: list[int],
-                 uses_intermediates: bool, weights: ResolvedWeights, frozen: bool, mean, std) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: tuple[int, ...],
+        channels: list[int],
+        strides: list[int],
+        uses_intermediates: bool,
+        weights: ResolvedWeights,
+        frozen: bool,
+        mean,
+        std,
+    ) -> None:
         super().__init__()
         # channels_last roughly halves CPU convolution time (oneDNN's native layout).
         self.model = model.to(memory_format=torch.channels_last)
@@ -46,7 +56,7 @@ class TimmFeatureExtractor(nn.Module):
     def strides(self) -> list[int]:
         return list(self._strides)
 
-    def train(self, mode: bool = True) -> "TimmFeatureExtractor":
+    def train(self, mode: bool = True) -> TimmFeatureExtractor:
         # A frozen backbone keeps its batch-norm statistics even while its owner trains.
         super().train(mode and not self.frozen)
         return self

@@ -83,7 +83,7 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a message naming the file
         raise WeightsNotFoundError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -101,7 +101,9 @@ class ResolvedWeights:
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
-def resolve_weights(architecture: str, weights: str | None = AUTO, allow_download: bool | None = None) -> ResolvedWeights:
+def resolve_weights(
+    architecture: str, weights: str | None = AUTO, allow_download: bool | None = None
+) -> ResolvedWeights:
     """Find pretrained weights for a timm architecture in the documented order."""
     from adcore.plugins import get_registry
 

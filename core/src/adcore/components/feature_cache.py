@@ -8,7 +8,7 @@ entries once ``max_bytes`` is reached and simply computes the rest.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

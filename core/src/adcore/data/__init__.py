@@ -6,11 +6,11 @@ from adcore.data.sources import DataSplits, load_data
 
 __all__ = [
     "AnomalyDataset",
+    "DataSplits",
+    "ImageReadError",
     "ImageRecord",
     "collate",
-    "ImageReadError",
+    "load_data",
     "read_image",
     "read_mask",
-    "DataSplits",
-    "load_data",
 ]

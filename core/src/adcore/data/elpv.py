@@ -24,7 +24,9 @@ def elpv_root() -> Path:
     return Path(elpv_dataset.__file__).parent / "data"
 
 
-def elpv_records(cell_type: str = "mono", train_fraction: float = 0.75, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def elpv_records(
+    cell_type: str = "mono", train_fraction: float = 0.75, seed: int = 0
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """(train records, test records) for "mono", "poly" or "all" cells."""
     if cell_type not in (*CELL_TYPES, "all"):
         raise ValueError(f"ELPV cell type must be one of {CELL_TYPES + ('all',)}, not {cell_type!r}")
@@ -43,5 +45,7 @@ def elpv_records(cell_type: str = "mono", train_fraction: float = 0.75, seed: in
             anomalous.append(ImageRecord(root / relative, label=1, defect_type=f"{kind}/defective"))
     random.Random(seed).shuffle(normals)
     n_train = round(len(normals) * train_fraction)
-    by_path = lambda r: r.path  # noqa: E731
-    return sorted(normals[:n_train], key=by_path), sorted(normals[n_train:], key=by_path) + sorted(anomalous, key=by_path)
+    by_path = lambda r: r.path
+    return sorted(normals[:n_train], key=by_path), sorted(normals[n_train:], key=by_path) + sorted(
+        anomalous, key=by_path
+    )

@@ -31,7 +31,9 @@ class DataSplits:
     has_masks: bool
 
 
-def _take_fraction(records: list[ImageRecord], fraction: float, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def _take_fraction(
+    records: list[ImageRecord], fraction: float, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Split off a seeded fraction of each label group: (taken, rest)."""
     taken, rest = [], []
     for label in sorted({r.label for r in records}, key=str):
@@ -61,7 +63,12 @@ def load_data(spec: str, val_split: str = "same_as_test", seed: int = 0) -> Data
             rest = f"normal={spec}"
     if kind == "mvtec":
         root = Path(rest).expanduser()
-        train, test, has_masks, name = mvtec_records(root, "train"), mvtec_records(root, "test"), True, f"mvtec:{root.name}"
+        train, test, has_masks, name = (
+            mvtec_records(root, "train"),
+            mvtec_records(root, "test"),
+            True,
+            f"mvtec:{root.name}",
+        )
     elif kind == "folder":
         options = _parse_options(rest)
         unknown = sorted(set(options) - {"normal", "abnormal", "mask", "normal_test"})
@@ -77,7 +84,9 @@ def load_data(spec: str, val_split: str = "same_as_test", seed: int = 0) -> Data
         train, test = elpv_records(rest or "mono", seed=seed)
         has_masks, name = False, f"elpv:{rest or 'mono'}"
     else:
-        raise ValueError(f"unknown data source {spec!r}: use mvtec:PATH, folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR], elpv[:mono|poly|all] or a path")
+        raise ValueError(
+            f"unknown data source {spec!r}: use mvtec:PATH, folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR], elpv[:mono|poly|all] or a path"
+        )
 
     mode, _, fraction_text = val_split.partition(":")
     if mode in ("from_test", "from_train") and not (fraction_text and 0.0 < float(fraction_text) < 1.0):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
-from adcore.config import to_int_tuple, to_size
 from adcore.components.anomaly_map import UpsampleBlurMap
 from adcore.components.gaussian import PositionalGaussian
+from adcore.config import to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec
 
@@ -66,7 +65,9 @@ class Padim(AnomalyDetector):
         for feature, start, stop in zip(features, offsets[:-1], offsets[1:]):
             index = self.channel_index[(self.channel_index >= start) & (self.channel_index < stop)] - start
             selected = feature.index_select(1, index.to(feature.device))
-            parts.append(selected if selected.shape[-2:] == size else F.interpolate(selected, size=size, mode="nearest"))
+            parts.append(
+                selected if selected.shape[-2:] == size else F.interpolate(selected, size=size, mode="nearest")
+            )
         return torch.cat(parts, dim=1)
 
     def fit_begin(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.backbones.weights import RANDOM_INIT
 from adcore.batch import Batch
@@ -89,5 +88,7 @@ class Stfpm(AnomalyDetector):
             F.interpolate(_normalized_distance(t, s), size=size, mode="bilinear", align_corners=False)
             for t, s in zip(self.teacher(images), self.student(images))
         ]
-        anomaly_map = torch.stack(maps).prod(dim=0) if self.config.map_fusion == "product" else torch.stack(maps).sum(dim=0)
+        anomaly_map = (
+            torch.stack(maps).prod(dim=0) if self.config.map_fusion == "product" else torch.stack(maps).sum(dim=0)
+        )
         return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)

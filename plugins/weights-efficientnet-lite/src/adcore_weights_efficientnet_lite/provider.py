@@ -35,9 +35,12 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
 # the names depend on whether the block has an expansion conv (timm InvertedResidual)
 # or not (timm DepthwiseSeparableConv).
 _EXPANDED = {
-    "_expand_conv": "conv_pw", "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-    "_project_conv": "conv_pwl", "_bn2": "bn3",
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
 }
 _NOT_EXPANDED = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
@@ -117,6 +120,5 @@ def _source(architecture: str) -> tuple[str, str, str]:
         return SOURCES[architecture]
     except KeyError:
         raise ValueError(
-            f"{architecture!r} is not served by the efficientnet-lite weights plugin; "
-            f"it serves {', '.join(SOURCES)}"
+            f"{architecture!r} is not served by the efficientnet-lite weights plugin; it serves {', '.join(SOURCES)}"
         ) from None
