@@ -1,4 +1,4 @@
-"""Converters for detector configs, so values from JSON or the command line land typed.
+"""Converters and validators for detector configs, so values from JSON or the command line land typed.
 
 ``--param image_size=224`` arrives as an int and ``layers=1,2,3`` as a list; configs
 store tuples so they compare and serialise the same way every time.
@@ -7,6 +7,8 @@ store tuples so they compare and serialise the same way every time.
 from __future__ import annotations
 
 from typing import Any
+
+import attrs
 
 
 def _split(value: Any) -> Any:
@@ -31,3 +33,9 @@ def to_int_tuple(value: Any) -> tuple[int, ...]:
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
         return (int(value),)
     return tuple(int(v) for v in value)
+
+
+#: Validators for hyperparameters in a detector's attrs ``Config``: attrs' own, named for
+#: reading (``attrs.field(default=1e-3, validator=positive)``); they raise ``ValueError``.
+positive = attrs.validators.gt(0)
+non_negative = attrs.validators.ge(0)

@@ -45,7 +45,7 @@ from adcore.components.flow import (
     mlp_subnet,
     positional_encoding_2d,
 )
-from adcore.config import to_int_tuple, to_size
+from adcore.config import positive, to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
 from torch import nn
@@ -53,11 +53,6 @@ from torch import nn
 #: "freia-cflow": decoders conditioned on the position code (the method); "freia-flow":
 #: unconditional decoders (the paper's ablation without positional conditioning).
 DECODERS = ("freia-cflow", "freia-flow")
-
-
-def _positive(instance, attribute, value) -> None:
-    if value <= 0:
-        raise ValueError(f"cflow: {attribute.name} must be positive, got {value}")
 
 
 def _check_layers(instance, attribute, value) -> None:
@@ -112,12 +107,12 @@ class CflowConfig:
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
     decoder: str = attrs.field(default="freia-cflow", validator=attrs.validators.in_(DECODERS))
     condition_vector: int = attrs.field(default=128, validator=_check_condition_vector)
-    coupling_blocks: int = attrs.field(default=8, validator=_positive)
-    clamp_alpha: float = attrs.field(default=1.9, validator=_positive)
-    fiber_batch_size: int = attrs.field(default=4096, validator=_positive)
+    coupling_blocks: int = attrs.field(default=8, validator=positive)
+    clamp_alpha: float = attrs.field(default=1.9, validator=positive)
+    fiber_batch_size: int = attrs.field(default=4096, validator=positive)
     permute_soft: bool = False
-    lr: float = attrs.field(default=2e-3, validator=_positive)
-    epochs: int = attrs.field(default=2, validator=_positive)
+    lr: float = attrs.field(default=2e-3, validator=positive)
+    epochs: int = attrs.field(default=2, validator=positive)
     weights: str = "auto"
 
 

@@ -30,7 +30,7 @@ from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
 from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import flow_nll_loss
-from adcore.config import to_size
+from adcore.config import non_negative, positive, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
 
@@ -44,22 +44,6 @@ class AnomalyMapMode(str, enum.Enum):
     MAX = "max"  # the largest scale only (the paper's localisation)
 
 
-def _positive(name: str):
-    def check(instance, attribute, value) -> None:
-        if value <= 0:
-            raise ValueError(f"csflow: {name} must be positive, got {value}")
-
-    return check
-
-
-def _non_negative(name: str):
-    def check(instance, attribute, value) -> None:
-        if value < 0:
-            raise ValueError(f"csflow: {name} must be zero or positive, got {value}")
-
-    return check
-
-
 def _image_size(instance, attribute, value) -> None:
     if min(value) < 32:
         raise ValueError(f"csflow: image_size must be at least 32 px per side (three scales of features), got {value}")
@@ -69,21 +53,19 @@ def _image_size(instance, attribute, value) -> None:
 class CsFlowConfig:
     backbone: str = "tf_efficientnet_lite0"
     #: One encoder level (timm ``forward_intermediates`` index), read at all three image scales.
-    layer: int = attrs.field(default=3, converter=int, validator=_non_negative("layer"))
+    layer: int = attrs.field(default=3, converter=int, validator=non_negative)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=_image_size)
     #: Hidden channels of each cross-scale convolution (anomalib: 1024; 64 keeps an epoch CPU-affordable).
-    cross_conv_hidden_channels: int = attrs.field(
-        default=64, converter=int, validator=_positive("cross_conv_hidden_channels")
-    )
-    n_coupling_blocks: int = attrs.field(default=4, converter=int, validator=_positive("n_coupling_blocks"))
+    cross_conv_hidden_channels: int = attrs.field(default=64, converter=int, validator=positive)
+    n_coupling_blocks: int = attrs.field(default=4, converter=int, validator=positive)
     #: Soft clamp of the affine log-scales.
-    clamp: float = attrs.field(default=3.0, converter=float, validator=_positive("clamp"))
-    epochs: int = attrs.field(default=8, converter=int, validator=_positive("epochs"))
+    clamp: float = attrs.field(default=3.0, converter=float, validator=positive)
+    epochs: int = attrs.field(default=8, converter=int, validator=positive)
     #: Adam learning rate (anomalib: 2e-4 for 240 epochs; 2e-3 converges in a few epochs here).
-    lr: float = attrs.field(default=2e-3, converter=float, validator=_positive("lr"))
-    eps: float = attrs.field(default=1e-4, converter=float, validator=_positive("eps"))
-    weight_decay: float = attrs.field(default=1e-5, converter=float, validator=_non_negative("weight_decay"))
-    gradient_clip_norm: float = attrs.field(default=1.0, converter=float, validator=_positive("gradient_clip_norm"))
+    lr: float = attrs.field(default=2e-3, converter=float, validator=positive)
+    eps: float = attrs.field(default=1e-4, converter=float, validator=positive)
+    weight_decay: float = attrs.field(default=1e-5, converter=float, validator=non_negative)
+    gradient_clip_norm: float = attrs.field(default=1.0, converter=float, validator=positive)
     #: ``max``: largest scale only (the paper's localisation); ``all``: product of the three scales.
     anomaly_map_mode: AnomalyMapMode = attrs.field(default=AnomalyMapMode.MAX, converter=AnomalyMapMode)
     weights: str = "auto"

@@ -26,16 +26,11 @@ from adcore.batch import Batch
 from adcore.components.kde import GaussianKDE
 from adcore.components.pca import PCA
 from adcore.components.pooling import PooledFeatures
-from adcore.config import to_int_tuple, to_size
+from adcore.config import positive, to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec
 
 FEATURE_SCALING_METHODS = ("scale", "norm")
-
-
-def _positive(instance, attribute, value) -> None:
-    if value <= 0:
-        raise ValueError(f"dfkde: {attribute.name} must be > 0, got {value}")
 
 
 @attrs.define
@@ -43,10 +38,10 @@ class DfkdeConfig:
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[int, ...] = attrs.field(default=(4,), converter=to_int_tuple)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    n_pca_components: int = attrs.field(default=16, converter=int, validator=_positive)
+    n_pca_components: int = attrs.field(default=16, converter=int, validator=positive)
     feature_scaling_method: str = attrs.field(default="scale")
-    max_training_points: int = attrs.field(default=40000, converter=int, validator=_positive)
-    threshold_steepness: float = attrs.field(default=0.05, converter=float, validator=_positive)
+    max_training_points: int = attrs.field(default=40000, converter=int, validator=positive)
+    threshold_steepness: float = attrs.field(default=0.05, converter=float, validator=positive)
     threshold_offset: float = attrs.field(default=12.0, converter=float)
     weights: str = "auto"
 

@@ -25,14 +25,9 @@ from adcore.batch import Batch
 from adcore.components.anomaly_map import UpsampleBlurMap
 from adcore.components.coreset import KCenterGreedy
 from adcore.components.nearest_neighbor import nearest_neighbors
-from adcore.config import to_int_tuple, to_size
+from adcore.config import non_negative, positive, to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec
-
-
-def _positive(instance, attribute, value) -> None:
-    if value < 1:
-        raise ValueError(f"patchcore: {attribute.name} must be at least 1, got {value}")
 
 
 def _ratio(instance, attribute, value) -> None:
@@ -50,16 +45,6 @@ def _layers(instance, attribute, value) -> None:
         raise ValueError("patchcore: layers must name at least one backbone stage")
 
 
-def _non_negative(instance, attribute, value) -> None:
-    if value < 0:
-        raise ValueError(f"patchcore: {attribute.name} must be >= 0, got {value}")
-
-
-def _optional_positive(instance, attribute, value) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"patchcore: {attribute.name} must be positive or None, got {value}")
-
-
 @attrs.define
 class PatchcoreConfig:
     backbone: str = "tf_efficientnet_lite0"
@@ -67,12 +52,12 @@ class PatchcoreConfig:
     layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple, validator=_layers)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
     coreset_sampling_ratio: float = attrs.field(default=0.1, converter=float, validator=_ratio)
-    num_neighbors: int = attrs.field(default=9, converter=int, validator=_positive)
+    num_neighbors: int = attrs.field(default=9, converter=int, validator=positive)
     patch_size: int = attrs.field(default=3, converter=int, validator=_odd)  # neighbourhood of the local averaging
-    projection_dim: int = attrs.field(default=128, converter=int, validator=_positive)  # coreset distances
-    blur_sigma: float = attrs.field(default=4.0, converter=float, validator=_non_negative)
+    projection_dim: int = attrs.field(default=128, converter=int, validator=positive)  # coreset distances
+    blur_sigma: float = attrs.field(default=4.0, converter=float, validator=non_negative)
     # Largest query/bank block of the nearest-neighbour search (None: ~16 MB blocks).
-    search_chunk_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    search_chunk_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     weights: str = "auto"
     seed: int = 0  # coreset start point and random projection
 
