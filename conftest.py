@@ -6,7 +6,7 @@ waiting for each other's time slices). End-to-end tests on real data keep the de
 """
 
 import pytest
-import torch
+from adcore.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)
@@ -14,9 +14,5 @@ def _single_thread(request):
     if request.node.get_closest_marker("e2e"):
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)

@@ -27,7 +27,6 @@ Class attributes tune the run (smaller images, fewer epochs); they cannot turn a
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,18 +39,7 @@ from adcore.engine import Engine, Predictions
 from adcore.metrics import image_auroc
 from adcore.plugins import PluginRegistry, create_detector, set_registry
 from adcore.protocols import TrainingKind
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """The kit's data is tiny; one thread is fast, and a fixed thread count keeps float
-    reductions in one order, so "same seed, same scores" compares like with like."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+from adcore.threads import torch_threads
 
 
 class DetectorConformance:
@@ -66,6 +54,8 @@ class DetectorConformance:
     #: A pluggy plugin object to register directly instead of discovering installed ones
     #: (for testing a detector before it is packaged; the discovery check then uses it).
     plugin: ClassVar[Any] = None
+    # Fits run on one thread (adcore.threads): the data is tiny, and a fixed thread count keeps
+    # float reductions in one order, so "same seed, same scores" compares like with like.
     #: The lowest image AUROC that counts as "defects score above normal images".
     min_defect_auroc: ClassVar[float] = 0.9
     batch_size: ClassVar[int] = 4
@@ -93,7 +83,7 @@ class DetectorConformance:
     @classmethod
     def fitted(cls, conformance_registry, conformance_splits):
         """(detector, engine, test predictions) after one seeded fit."""
-        with _one_thread():
+        with torch_threads(1):
             detector, engine = cls.build(conformance_registry), cls.engine()
             engine.fit(detector, cls.dataset(detector, conformance_splits.train), None)
             return detector, engine, engine.predict(detector, cls.dataset(detector, conformance_splits.test))
@@ -114,7 +104,7 @@ class DetectorConformance:
         return AnomalyDataset(records, detector.input_spec, has_masks=any(r.mask_path for r in records))
 
     def fit_and_predict(self, registry, splits, seed: int = 0) -> Predictions:
-        with _one_thread():
+        with torch_threads(1):
             detector, engine = self.build(registry, seed), self.engine(seed)
             engine.fit(detector, self.dataset(detector, splits.train), None)
             return engine.predict(detector, self.dataset(detector, splits.test))
@@ -179,7 +169,7 @@ class DetectorConformance:
         path = save_checkpoint(detector, tmp_path / "model.safetensors")
         restored, metadata = load_checkpoint(path, registry=conformance_registry)
         assert metadata["detector"] == self.detector
-        with _one_thread():
+        with torch_threads(1):
             again = engine.predict(restored, self.dataset(restored, conformance_splits.test))
         assert torch.equal(predictions.scores, again.scores), (
             f"scores change after a checkpoint round trip (max difference "
