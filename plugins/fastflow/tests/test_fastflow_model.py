@@ -148,3 +148,11 @@ def test_safetensors_round_trip_gives_identical_scores(fitted, tmp_path):
         expected, restored = detector.eval()(images), fresh.eval()(images)
     assert torch.equal(expected.pred_score, restored.pred_score)
     assert torch.equal(expected.anomaly_map, restored.anomaly_map)
+
+
+def test_negative_blur_sigma_is_refused():
+    import pytest
+    from adcore.plugins import create_detector
+
+    with pytest.raises(ValueError, match="blur_sigma"):
+        create_detector("fastflow", image_size=64, blur_sigma=-1.0)

@@ -28,7 +28,7 @@ from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
 from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import flow_nll_loss, gaussian_log_likelihood, log_likelihood_to_anomaly_map
-from adcore.config import to_int_tuple, to_size
+from adcore.config import positive, to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
 
@@ -36,11 +36,6 @@ from adcore_uflow.flow import UShapedFlow
 from adcore_uflow.nfa import log_nfa_map
 
 MAP_TYPES = ("likelihood", "nfa")
-
-
-def _positive(instance, attribute, value) -> None:
-    if not value > 0:
-        raise ValueError(f"uflow: {attribute.name} must be positive, got {value}")
 
 
 def _unit_interval(instance, attribute, value) -> None:
@@ -60,19 +55,19 @@ class UflowConfig:
     layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
     #: Coupling blocks per scale (anomalib's name and default).
-    flow_steps: int = attrs.field(default=4, validator=_positive)
-    affine_clamp: float = attrs.field(default=2.0, validator=_positive)
-    affine_subnet_channels_ratio: float = attrs.field(default=1.0, validator=_positive)
+    flow_steps: int = attrs.field(default=4, validator=positive)
+    affine_clamp: float = attrs.field(default=2.0, validator=positive)
+    affine_subnet_channels_ratio: float = attrs.field(default=1.0, validator=positive)
     permute_soft: bool = False
-    epochs: int = attrs.field(default=10, validator=_positive)
-    learning_rate: float = attrs.field(default=1e-3, validator=_positive)
+    epochs: int = attrs.field(default=10, validator=positive)
+    learning_rate: float = attrs.field(default=1e-3, validator=positive)
     weight_decay: float = attrs.field(default=1e-5, validator=attrs.validators.ge(0.0))
     #: The learning rate decays linearly to this fraction of itself over the epochs.
     lr_end_factor: float = attrs.field(default=0.4, validator=_unit_interval)
     #: What ``forward`` returns as the anomaly map: the likelihood map, or -log10 NFA.
     map_type: str = attrs.field(default="likelihood", validator=_map_type)
     #: A-contrario test: window (in latent positions at the finest scale, halved per coarser scale).
-    nfa_window_size: int = attrs.field(default=7, validator=_positive)
+    nfa_window_size: int = attrs.field(default=7, validator=positive)
     #: A latent is a candidate when its square exceeds this chi2(1) quantile (anomalib's
     #: ``binomial_probability_thr``): under normality a fraction 1 - threshold of latents is.
     nfa_probability_threshold: float = attrs.field(default=0.5, validator=_unit_interval)
