@@ -5,4 +5,4 @@ from adcore_sdk.conformance import DetectorConformance
 
 class TestDfkdeConformance(DetectorConformance):
     detector = "dfkde"
-    params = {"image_size": 64, "n_pca_components": 8}  # noqa: RUF012 (read-only configuration)
+    params = {"image_size": 64}  # noqa: RUF012 (read-only configuration)
