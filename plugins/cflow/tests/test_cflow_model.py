@@ -25,15 +25,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread is faster than several waiting on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _build(seed: int = 0, **overrides) -> Cflow:
     seed_everything(seed)  # the decoders' random permutations and subnet initialisation
     return Cflow(CflowConfig(**{**TINY, **overrides}))

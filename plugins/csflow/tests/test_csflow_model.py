@@ -18,15 +18,6 @@ SIZE = 64
 TINY = {"image_size": SIZE, "cross_conv_hidden_channels": 16, "n_coupling_blocks": 2, "epochs": 3, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread avoids waiting on busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _build(seed: int = 0, **overrides) -> CsFlow:
     seed_everything(seed)  # permutations (NumPy) and subnet initialisation (torch)
     return CsFlow(CsFlowConfig(**{**TINY, **overrides}))

@@ -18,15 +18,6 @@ SIZE = 64
 TINY = {"image_size": SIZE, "layers": (1, 2), "flow_steps": 4, "epochs": 3, "lr": 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread is faster than several waiting on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _build(seed: int = 0, **overrides) -> Fastflow:
     seed_everything(seed)  # the flows' random permutations and subnet initialisation
     return Fastflow(FastflowConfig(**{**TINY, **overrides}))

@@ -21,14 +21,6 @@ from scipy import stats
 TINY = {"image_size": 64, "epochs": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared machine: threads only wait for each other
-    yield
-    torch.set_num_threads(previous)
-
-
 # -- the U-shaped flow --------------------------------------------------------------------------
 
 
