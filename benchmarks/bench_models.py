@@ -38,6 +38,17 @@ RUNS = {
 }
 
 
+def run_child(command: list[str], label: str) -> dict | None:
+    """Run one measurement in its own process (its own peak RSS); its last stdout line is a JSON row."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"{label} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+        return None
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"done: {row}", file=sys.stderr)
+    return row
+
+
 def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int | None) -> dict:
     import torch
     from adcore.data import AnomalyDataset, load_data
@@ -120,12 +131,9 @@ def main() -> None:
         ]
         if args.epochs is not None:
             command += ["--epochs", str(args.epochs)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            print(f"{name} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(f"done: {rows[-1]}", file=sys.stderr)
+        row = run_child(command, name)
+        if row is not None:
+            rows.append(row)
     backbone = {
         precision: backbone_throughput(args.backbone, args.image_size, args.batch_size, precision)
         for precision in ("fp32", "fp32-channels_last", "bf16-channels_last")

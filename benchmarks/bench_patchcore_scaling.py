@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
+
+from bench_models import run_child  # this folder is on sys.path when run as a script
 
 
 def run_one(data: str, n_train: int, ratio: float, image_size: int, batch_size: int) -> dict:
@@ -93,12 +94,9 @@ def main() -> None:
             "--batch-size",
             str(args.batch_size),
         ]
-        result = subprocess.run(command, check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"n_train={n} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(f"done: {rows[-1]}", file=sys.stderr)
+        row = run_child(command, f"n_train={n}")
+        if row is not None:
+            rows.append(row)
     print(
         f"patchcore, coreset_sampling_ratio {args.ratio}, {args.image_size}px, {rows[0]['threads'] if rows else '?'} threads"
     )

@@ -54,6 +54,12 @@ class InputSpec:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """RGB pixels in 0..255 (uint8 or float), channels at dim -3 -> the detector's input."""
+        mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
 
 @attrs.frozen
 class DetectorOutput:

@@ -24,9 +24,7 @@ def _build(seed: int = 0, **overrides) -> CsFlow:
 
 
 def _images(detector: CsFlow, arrays: list[np.ndarray]) -> torch.Tensor:
-    spec = detector.input_spec
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-    return (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    return detector.input_spec.normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 
 def _randomise_gains(module: torch.nn.Module) -> None:

@@ -41,8 +41,6 @@ class AnomalyDataset(Dataset):
         self.has_masks = has_masks
         self.cache = cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._mean = torch.tensor(input_spec.mean).view(3, 1, 1)
-        self._std = torch.tensor(input_spec.std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -71,7 +69,7 @@ class AnomalyDataset(Dataset):
         return item
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels.float() / 255.0 - self._mean) / self._std
+        return self.spec.normalize(pixels)
 
     def __getitem__(self, index: int) -> dict:
         pixels, mask = self.raw(index)
