@@ -35,6 +35,8 @@ RUNS = {
     "cfa": ("cfa", {}, "fp32"),
     "uflow": ("uflow", {}, "fp32"),
     "fastflow": ("fastflow", {}, "fp32"),
+    # The paper's start (LayerNorm affine at 1 and 0) and learning rate: adcore's previous default.
+    "fastflow-identity-init": ("fastflow", {"norm_init": "identity", "lr": 1e-3}, "fp32"),
 }
 
 

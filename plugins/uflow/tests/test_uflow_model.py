@@ -90,11 +90,28 @@ def test_nfa_keeps_fewer_than_one_false_alarm_per_normal_image():
 def test_nfa_detects_a_planted_anomaly_where_it_is():
     generator = torch.Generator().manual_seed(1)
     fine, coarse = torch.randn(1, 10, 16, 16, generator=generator), torch.randn(1, 20, 8, 8, generator=generator)
-    fine[..., 4:8, 10:14] *= 3.0  # latents three times too spread out in one region
+    fine[..., 3:9, 9:15] *= 6.0  # latents six times too spread out in one region
     nfa = log_nfa_map([fine, coarse], (64, 64))
     assert nfa.shape == (1, 1, 64, 64)
-    assert nfa[0, 0, 16:32, 40:56].min() > 0
+    assert nfa[0, 0, 16:30, 44:58].min() > 0
     assert nfa[0, 0, 48:, :24].max() < 0
+
+
+def test_nfa_is_not_fooled_by_channels_that_move_together():
+    """Channels of a position count as one observation: fully dependent channels raise no false alarms.
+
+    Counting every channel as an independent trial instead turns chance clusters of large
+    latents into detections in almost every image.
+    """
+    generator = torch.Generator().manual_seed(2)
+    shared = torch.randn(40, 1, 16, 16, generator=generator)
+    latent = shared.expand(-1, 10, -1, -1) + 0.01 * torch.randn(40, 10, 16, 16, generator=generator)
+    assert (log_nfa_map([latent], (64, 64)).flatten(1).amax(dim=1) > 0).float().mean() < 0.3
+    # The per-channel count (n = channels x window), on the interior 7x7 windows:
+    candidates = (latent.square() > chi2_1_quantile(0.5)).float().sum(dim=1, keepdim=True)
+    counts = (torch.nn.functional.avg_pool2d(candidates, 7, stride=1) * 49).round().long()
+    log_nfa = binomial_log10_tail(10 * 49, 0.5)[counts] + math.log10(16 * 16)
+    assert (log_nfa.flatten(1).amin(dim=1) < 0).float().mean() > 0.8
 
 
 # -- the detector -------------------------------------------------------------------------------
@@ -149,6 +166,22 @@ def test_safetensors_round_trip_gives_identical_scores(fitted, tmp_path):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(images).pred_score, detector(images).pred_score)
+
+
+def test_standardization_is_measured_on_the_training_features(fitted):
+    detector = fitted[0]
+    assert detector.training_spec.initial_pass
+    for standardize, channels in zip(detector.standardizers, detector.encoder.channels):
+        assert standardize.mean.shape[0] == channels and standardize.mean.dim() == 3
+        assert standardize.mean.abs().max() > 0.01 and not torch.equal(
+            standardize.std, torch.ones_like(standardize.std)
+        )
+    plain = create_detector("uflow", seed=0, standardize=False, **TINY)
+    assert not plain.training_spec.initial_pass
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # without the initial pass the standardisation is the identity
+        for raw, standardized in zip(plain.layer_normalized(images), plain.features(images)):
+            torch.testing.assert_close(raw, standardized)
 
 
 def test_same_seed_builds_the_same_flow():

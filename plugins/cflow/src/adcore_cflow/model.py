@@ -45,6 +45,7 @@ from adcore.components.flow import (
     mlp_subnet,
     positional_encoding_2d,
 )
+from adcore.components.standardize import FeatureStandardizer
 from adcore.config import positive, to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
 from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
@@ -67,37 +68,6 @@ def _check_condition_vector(instance, attribute, value) -> None:
         raise ValueError(
             f"cflow: condition_vector must be a positive multiple of 4 (sin/cos of rows and columns), got {value}"
         )
-
-
-class _Standardize(nn.Module):
-    """Per-channel (x - mean) / std of feature vectors (M, C), statistics from the training features."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("std", torch.ones(channels))
-        self._sum = self._squares = None
-        self._count = 0
-
-    def accumulate(self, vectors: torch.Tensor) -> None:
-        vectors = vectors.detach().double()
-        sums, squares = vectors.sum(dim=0), vectors.square().sum(dim=0)
-        self._sum = sums if self._sum is None else self._sum + sums
-        self._squares = squares if self._squares is None else self._squares + squares
-        self._count += vectors.shape[0]
-
-    def finish(self) -> None:
-        if not self._count:
-            raise ValueError("cflow: no training features to measure: is the training set empty?")
-        mean = self._sum / self._count
-        variance = (self._squares / self._count - mean.square()).clamp_min(0)
-        self.mean.copy_(mean.float())
-        self.std.copy_(variance.sqrt().clamp_min(1e-6).float())  # constant channels: no division by 0
-        self._sum = self._squares = None
-        self._count = 0
-
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        return (vectors.float() - self.mean) / self.std
 
 
 @attrs.define
@@ -137,7 +107,9 @@ class Cflow(AnomalyDetector):
             )
             for channels in self.encoder.channels
         )
-        self.standardizers = nn.ModuleList(_Standardize(channels) for channels in self.encoder.channels)
+        self.standardizers = nn.ModuleList(
+            FeatureStandardizer((channels,), name="cflow") for channels in self.encoder.channels
+        )
         # Per scale: the highest log-likelihood per dimension of a training position.
         self.register_buffer("reference_log_likelihood", torch.zeros(len(cfg.layers)))
         self._cache: FrozenFeatureCache | None = None
