@@ -215,3 +215,43 @@ def test_initial_pass_sees_every_image_once_without_gradients_before_training(da
     first_step = detector.calls.index("training_step")
     assert detector.calls.index("initial_pass_end") < detector.calls.index("configure_optimizer") < first_step
     assert detector.calls[0] == "fit_begin" and detector.calls.count("initial_pass_end") == 1
+
+
+class _OnFrozenFeatures(TinyGrad):
+    """Trains a 1x1 conv on the features of a frozen 'encoder', read through training_features."""
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        self.encoder = torch.nn.Conv2d(3, 3, kernel_size=3, padding=1).requires_grad_(False)
+        self.images_encoded = 0
+        self.cache_open_in_training: list[bool] = []
+
+    def frozen_features(self, images):
+        self.images_encoded += images.shape[0]
+        return [self.encoder(images)]
+
+    def training_step(self, batch):
+        self.cache_open_in_training.append(self._frozen_feature_cache is not None)
+        (features,) = self.training_features(batch)
+        return torch.nn.functional.mse_loss(self.net(features), features.detach() * 0.5)
+
+
+def test_frozen_features_are_computed_once_per_image_during_a_gradient_fit(data):
+    detector = _OnFrozenFeatures(epochs=3)
+    train, _ = _datasets(detector, data)
+    _engine().fit(detector, train)
+    assert detector.images_encoded == len(train)  # 3 epochs, each image encoded once
+    assert all(detector.cache_open_in_training)
+    assert detector._frozen_feature_cache is None  # closed after the fit: its memory is freed
+    # Outside a fit, training_features computes them (same values as the cache gave).
+    batch = next(iter(_engine()._loader(train, shuffle=False)))
+    (direct,) = detector.training_features(batch)
+    torch.testing.assert_close(direct, detector.encoder(batch.image))
+
+
+def test_the_feature_cache_is_closed_when_training_fails(data):
+    detector = _OnFrozenFeatures(epochs=2, learning_rate=float("inf"))
+    train, _ = _datasets(detector, data)
+    with pytest.raises(TrainingDivergedError):
+        _engine().fit(detector, train)
+    assert detector._frozen_feature_cache is None

@@ -9,6 +9,8 @@ checkpoints (safetensors) can hold it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import attrs
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from adcore.batch import Batch
+from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.postprocess import PostProcessor
 from adcore.protocols import DetectorOutput, InputSpec, LearningType, TrainingKind, TrainingSpec
 
@@ -30,6 +33,8 @@ class AnomalyDetector(nn.Module):
     name: ClassVar[str] = ""
     learning_type: ClassVar[LearningType] = LearningType.ONE_CLASS
     Config: ClassVar[type] = type(None)
+    #: Open only while the Engine fits with gradients (see :meth:`caching_frozen_features`).
+    _frozen_feature_cache: FrozenFeatureCache | None = None
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         super().__init__()
@@ -83,6 +88,35 @@ class AnomalyDetector(nn.Module):
 
     def initial_pass_end(self) -> None:
         """After the initial pass, before the optimizer is configured: finish statistics."""
+
+    # -- a frozen part's features, computed once per image during a fit -----------------
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The features of the detector's frozen part (pretrained encoder, teacher).
+
+        Models that train on top of a frozen network implement it and read training
+        features through :meth:`training_features`, so each image's are computed once per fit.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement frozen_features")
+
+    def training_features(self, batch: Batch) -> list[torch.Tensor]:
+        """``frozen_features`` of a training batch, from the per-image cache while the Engine fits.
+
+        Training images are not augmented by the loop, so a frozen network's features are
+        the same every epoch; outside a fit (or with the cache closed) they are computed.
+        A detector that augments its training images must call ``frozen_features`` instead.
+        """
+        if self._frozen_feature_cache is None:
+            return self.frozen_features(batch.image)
+        return self._frozen_feature_cache(batch.image, batch.path)
+
+    @contextlib.contextmanager
+    def caching_frozen_features(self) -> Iterator[None]:
+        """While open, :meth:`training_features` computes each image's frozen features once."""
+        self._frozen_feature_cache = FrozenFeatureCache(self.frozen_features)
+        try:
+            yield
+        finally:
+            self._frozen_feature_cache = None  # the cache can hold gigabytes: free it even on errors
 
     # -- inference ----------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> DetectorOutput:  # pragma: no cover - abstract

@@ -136,6 +136,12 @@ class Engine:
     def _fit_gradient(
         self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None, generator: torch.Generator
     ) -> list[dict]:
+        with detector.caching_frozen_features():
+            return self._train(detector, train, val, generator)
+
+    def _train(
+        self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None, generator: torch.Generator
+    ) -> list[dict]:
         spec = detector.training_spec
         epochs = self.epochs if self.epochs is not None else spec.epochs
         detector.fit_begin()

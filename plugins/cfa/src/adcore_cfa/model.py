@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
 from adcore.components.anomaly_map import UpsampleBlurMap
-from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.nearest_neighbor import nearest_neighbors
 from adcore.config import to_int_tuple, to_size
 from adcore.detector import AnomalyDetector
@@ -92,7 +91,6 @@ class Cfa(AnomalyDetector):
         # Centroids (M, D); M is set by the training data's feature grid at fit time.
         self.register_buffer("memory_bank", torch.empty(0, in_channels // cfg.gamma_d))
         self.anomaly_map = UpsampleBlurMap(cfg.blur_sigma)
-        self._cache: FrozenFeatureCache | None = None
         self._centroid_sum: torch.Tensor | None = None
         self._centroid_count = 0
 
@@ -105,19 +103,23 @@ class Cfa(AnomalyDetector):
         return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs, initial_pass=True)
 
     # -- steps 1-2: target-oriented features ------------------------------------------------
-    def target_features(self, images: torch.Tensor, paths: list[str] | None = None) -> torch.Tensor:
-        """Target-oriented patch features (N, D, h, w); backbone features cached by path when given."""
-        levels = self.feature_extractor(images) if paths is None else self._cache(images, paths)
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.feature_extractor(images)
+
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Target-oriented patch features (N, D, h, w) of images."""
+        return self.describe(self.frozen_features(images))
+
+    def describe(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Target-oriented patch features from the backbone's feature levels (training reads them cached)."""
         return self.descriptor([level.float() for level in levels])
 
     # -- step 3: the memory bank ---------------------------------------------------------------
     def fit_begin(self) -> None:
-        # The backbone is frozen and training images are not augmented: cache its features.
-        self._cache = FrozenFeatureCache(self.feature_extractor)
         self._centroid_sum, self._centroid_count = None, 0
 
     def initial_pass_batch(self, batch: Batch) -> None:
-        features = self.target_features(batch.image, batch.path).double().sum(dim=0)
+        features = self.describe(self.training_features(batch)).double().sum(dim=0)
         self._centroid_sum = features if self._centroid_sum is None else self._centroid_sum + features
         self._centroid_count += batch.image.shape[0]
 
@@ -137,9 +139,6 @@ class Cfa(AnomalyDetector):
             )
         self.memory_bank = centroids
 
-    def fit_end(self) -> None:
-        self._cache = None
-
     # -- step 4: coupled-hypersphere adaptation ---------------------------------------------
     def configure_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -148,7 +147,7 @@ class Cfa(AnomalyDetector):
         )
 
     def training_step(self, batch: Batch) -> torch.Tensor:
-        features = self.target_features(batch.image, batch.path)
+        features = self.describe(self.training_features(batch))
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self.coupled_hypersphere_loss(features.float().permute(0, 2, 3, 1).flatten(0, 2))
 

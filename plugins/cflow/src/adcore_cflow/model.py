@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
-from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import (
     all_in_one_flow,
     gaussian_log_likelihood,
@@ -112,7 +111,6 @@ class Cflow(AnomalyDetector):
         )
         # Per scale: the highest log-likelihood per dimension of a training position.
         self.register_buffer("reference_log_likelihood", torch.zeros(len(cfg.layers)))
-        self._cache: FrozenFeatureCache | None = None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -147,9 +145,12 @@ class Cflow(AnomalyDetector):
             return gaussian_log_likelihood(z, log_jac_det)
 
     # -- training on fiber batches -----------------------------------------------------
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # The encoder is frozen and images are not augmented: training reads its features
+        # through the per-image cache.
+        return self.encoder(images)
+
     def fit_begin(self) -> None:
-        # The encoder is frozen and images are not augmented: encode each image once.
-        self._cache = FrozenFeatureCache(self.encoder)
         # For the reference: each image's most recent step, and each step's per-scale
         # maximum; at the end, the steps still referenced are those of the last epoch.
         self._last_step_of_image: dict[str, int] = {}
@@ -157,7 +158,7 @@ class Cflow(AnomalyDetector):
 
     def initial_pass_batch(self, batch: Batch) -> None:
         # Encodes (and caches) every training image once, measuring the channel statistics.
-        for feature, standardize in zip(self._cache(batch.image, batch.path), self.standardizers):
+        for feature, standardize in zip(self.training_features(batch), self.standardizers):
             standardize.accumulate(feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1]))
 
     def initial_pass_end(self) -> None:
@@ -165,7 +166,7 @@ class Cflow(AnomalyDetector):
             standardize.finish()
 
     def training_step(self, batch: Batch) -> torch.Tensor:
-        features = self._cache(batch.image, batch.path)
+        features = self.training_features(batch)
         # Every scale draws the same fraction of its positions, so each decoder sees each
         # training position equally often (as when walking through all positions).
         fraction = min(1.0, self.config.fiber_batch_size / max(f[:, 0].numel() for f in features))
@@ -193,7 +194,6 @@ class Cflow(AnomalyDetector):
             raise RuntimeError("cflow: fit ended before any training step: no reference log-likelihood to store")
         reference = torch.stack([self._step_maxima[step] for step in last_epoch]).amax(dim=0)
         self.reference_log_likelihood.copy_(reference.float())
-        self._cache = None
         self._step_maxima.clear()
         self._last_step_of_image.clear()
 

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
-from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import flow_nll_loss
 from adcore.config import non_negative, positive, to_size
 from adcore.detector import AnomalyDetector
@@ -87,7 +86,6 @@ class CsFlow(AnomalyDetector):
         self.flow = cross_scale_flow(
             dims, cfg.n_coupling_blocks, cfg.cross_conv_hidden_channels, cfg.clamp, kernel_sizes
         )
-        self._cache: FrozenFeatureCache | None = None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -114,22 +112,17 @@ class CsFlow(AnomalyDetector):
             features.append(self.encoder(scaled)[0].float())
         return features
 
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.multi_scale_features(images)
+
     # -- steps 2-3: the flow, trained by maximum likelihood -----------------------------------
     def configure_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         trainable = [p for p in self.flow.parameters() if p.requires_grad]  # permutations are fixed
         return torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.5, 0.9), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    def fit_begin(self) -> None:
-        self._cache = FrozenFeatureCache(self.multi_scale_features)
-
-    def fit_end(self) -> None:
-        self._cache = None
-
     def training_step(self, batch: Batch) -> torch.Tensor:
-        features = (
-            self._cache(batch.image, batch.path) if self._cache is not None else self.multi_scale_features(batch.image)
-        )
+        features = self.training_features(batch)
         z, log_jac_det = self.flow(features)
         return flow_nll_loss(z, log_jac_det)
 

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
 from adcore.components.blur import gaussian_blur
-from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import (
     all_in_one_flow,
     conv_subnet,
@@ -124,7 +123,6 @@ class Fastflow(AnomalyDetector):
             all_in_one_flow(shape, cfg.flow_steps, subnet, affine_clamping=cfg.affine_clamp, per_block=True)
             for shape in shapes
         )
-        self._encoder_cache: FrozenFeatureCache | None = None
         self._norm_statistics: list[FeatureStandardizer] | None = None  # only during fit
 
     @property
@@ -159,9 +157,12 @@ class Fastflow(AnomalyDetector):
             log_jac_dets.append(log_jac_det)
         return outputs, log_jac_dets
 
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # Step 1: the encoder is frozen and the images are not augmented: training reads
+        # its features through the per-image cache.
+        return self.encoder(images)
+
     def fit_begin(self) -> None:
-        # Step 1: the encoder is frozen and the images are not augmented: compute once.
-        self._encoder_cache = FrozenFeatureCache(self.encoder)
         if self.config.norm_init == "data":
             # A floor of 0.1 x the mean std: positions where a channel is (almost) constant
             # on the training images must not turn tiny deviations into huge inputs.
@@ -171,9 +172,7 @@ class Fastflow(AnomalyDetector):
 
     def initial_pass_batch(self, batch: Batch) -> None:
         # Step 2's data-dependent start: statistics of the LayerNorm-ed features per position.
-        for feature, norm, statistics in zip(
-            self._encoder_cache(batch.image, batch.path), self.norms, self._norm_statistics
-        ):
+        for feature, norm, statistics in zip(self.training_features(batch), self.norms, self._norm_statistics):
             statistics.accumulate(F.layer_norm(feature.float().contiguous(), norm.normalized_shape))
 
     def initial_pass_end(self) -> None:
@@ -185,11 +184,10 @@ class Fastflow(AnomalyDetector):
         self._norm_statistics = None
 
     def fit_end(self) -> None:
-        self._encoder_cache = None
         self._norm_statistics = None
 
     def training_step(self, batch: Batch) -> torch.Tensor:
-        features = self._encoder_cache(batch.image, batch.path) if self._encoder_cache else self.encoder(batch.image)
+        features = self.training_features(batch)
         outputs, log_jac_dets = self.flow_outputs(features)
         # Step 3: the negative log-likelihood of each scale (per dimension), summed over scales.
         return sum(flow_nll_loss([z], log_jac_det) for z, log_jac_det in zip(outputs, log_jac_dets))

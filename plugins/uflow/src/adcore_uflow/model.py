@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from adcore.backbones.feature_extractor import create_feature_extractor
 from adcore.batch import Batch
-from adcore.components.feature_cache import FrozenFeatureCache
 from adcore.components.flow import flow_nll_loss, gaussian_log_likelihood, log_likelihood_to_anomaly_map
 from adcore.components.standardize import FeatureStandardizer
 from adcore.config import positive, to_int_tuple, to_size
@@ -131,7 +130,6 @@ class Uflow(AnomalyDetector):
             FeatureStandardizer((channels, h, w), relative_floor=0.1, name="uflow")
             for channels, (h, w) in zip(self.encoder.channels, sizes)
         )
-        self._feature_cache: FrozenFeatureCache | None = None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -145,6 +143,10 @@ class Uflow(AnomalyDetector):
     def layer_normalized(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features, finest first, each layer-normalised over (C, h, w) so scales are comparable."""
         return [F.layer_norm(f.float(), f.shape[1:]) for f in self.encoder(images)]
+
+    def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # No learned parameters up to here: training reads them through the per-image cache.
+        return self.layer_normalized(images)
 
     def standardized(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per channel and position (x - mean) / std; the identity before an initial pass or without ``standardize``."""
@@ -163,22 +165,16 @@ class Uflow(AnomalyDetector):
         scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=cfg.epochs)
         return optimizer, scheduler
 
-    def fit_begin(self) -> None:
-        self._feature_cache = FrozenFeatureCache(self.layer_normalized)
-
     def initial_pass_batch(self, batch: Batch) -> None:
-        for feature, standardize in zip(self._feature_cache(batch.image, batch.path), self.standardizers):
+        for feature, standardize in zip(self.training_features(batch), self.standardizers):
             standardize.accumulate(feature)
 
     def initial_pass_end(self) -> None:
         for standardize in self.standardizers:
             standardize.finish()
 
-    def fit_end(self) -> None:
-        self._feature_cache = None
-
     def training_step(self, batch: Batch) -> torch.Tensor:
-        features = self.standardized(self._feature_cache(batch.image, batch.path))
+        features = self.standardized(self.training_features(batch))
         latents, log_jac_det = self.flow(features)
         return flow_nll_loss(latents, log_jac_det)
 
