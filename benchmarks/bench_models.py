@@ -36,7 +36,7 @@ RUNS = {
     "uflow": ("uflow", {}, "fp32"),
     "fastflow": ("fastflow", {}, "fp32"),
     # The paper's start (LayerNorm affine at 1 and 0) and learning rate: adcore's previous default.
-    "fastflow-identity-init": ("fastflow", {"norm_init": "identity", "lr": 1e-3}, "fp32"),
+    "fastflow-identity-init": ("fastflow", {"norm_init": "identity", "learning_rate": 1e-3}, "fp32"),
 }
 
 

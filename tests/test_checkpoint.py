@@ -61,7 +61,7 @@ def test_thresholds_survive(fitted_tiny, tmp_path, tiny_registry):
 
 
 def test_padim_round_trip(tmp_path, shared_mvtec):
-    from adcore_padim import Padim
+    from adcore_padim.model import Padim
 
     detector = Padim(image_size=(64, 64), n_features=40)
     engine, test = _fit(detector, shared_mvtec)

@@ -66,7 +66,7 @@ def test_list_plugins_json(capsys):
     assert all(plugins[name]["error"] is None for name in ("padim", "stfpm", "weights-efficientnet-lite"))
     assert plugins["padim"]["detectors"] == ["padim"]
     assert plugins["stfpm"]["detectors"] == ["stfpm"]
-    assert plugins["weights-efficientnet-lite"]["weight_providers"] == ["efficientnet-lite"]
+    assert plugins["weights-efficientnet-lite"]["resource_providers"] == ["efficientnet-lite"]
     assert plugins["padim"]["distribution"] == "adcore-padim" and plugins["padim"]["version"] == "0.1.0"
     assert listing["detector_clashes"] == {}
 

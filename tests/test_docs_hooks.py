@@ -15,7 +15,7 @@ def test_every_hookspec_is_documented_with_its_signature():
         for name, function in inspect.getmembers(hookspecs, inspect.isfunction)
         if hasattr(function, "adcore_spec")
     ]
-    assert {name for name, _ in specs} == {"adcore_register_detectors", "adcore_register_weights"}
+    assert {name for name, _ in specs} == {"adcore_register_detectors", "adcore_register_resources", "adcore_register_weights"}
     for name, function in specs:
         parameters = ", ".join(
             f"{p.name}: {p.annotation}" for p in inspect.signature(function).parameters.values()

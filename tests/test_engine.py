@@ -8,7 +8,7 @@ import torch
 from adcore.data import AnomalyDataset, ImageRecord, load_data
 from adcore.detector import NotFittedError
 from adcore.engine import Engine, TrainingDivergedError
-from adcore.protocols import TrainingKind, TrainingSpec
+from adcore.training import TrainingSpec
 from tiny_detectors import TinyGrad, TinyMean
 
 
@@ -89,7 +89,7 @@ def test_diverging_loss_raises_with_epoch_and_step(data, bad_value):
 class _Clipped(TinyGrad):
     @property
     def training_spec(self):
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=1, gradient_clip_norm=1e-6)
+        return TrainingSpec.gradient(self, epochs=1, gradient_clip_norm=1e-6)
 
 
 def test_gradient_clipping_is_applied(data):
@@ -106,7 +106,7 @@ def test_gradient_clipping_is_applied(data):
 class _Validated(TinyGrad):
     @property
     def training_spec(self):
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=2, validate_every=1)
+        return TrainingSpec.gradient(self, epochs=2, validate_every=1)
 
 
 def test_validate_every_records_validation_auroc(data):
@@ -122,7 +122,7 @@ def test_unfitted_detector_raises_not_fitted(data):
     with pytest.raises(NotFittedError, match="'tiny-mean' is not fitted"):
         _engine().predict(detector, test)
     with pytest.raises(NotFittedError):
-        detector(torch.zeros(1, 3, 64, 64))
+        detector.predict(torch.zeros(1, 3, 64, 64))
 
 
 def test_check_images_rejects_bad_input():
@@ -184,7 +184,7 @@ class _WithInitialPass(TinyGrad):
 
     @property
     def training_spec(self):
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=1, initial_pass=True)
+        return TrainingSpec.gradient(self, epochs=1, initial_pass=True)
 
     def fit_begin(self):
         self.calls, self.seen, self.grad_enabled = ["fit_begin"], 0, set()
@@ -197,9 +197,9 @@ class _WithInitialPass(TinyGrad):
     def initial_pass_end(self):
         self.calls.append("initial_pass_end")
 
-    def configure_optimizer(self):
-        self.calls.append("configure_optimizer")
-        return super().configure_optimizer()
+    def configure_optimizers(self, budget):
+        self.calls.append("configure_optimizers")
+        return super().configure_optimizers(budget)
 
     def training_step(self, batch):
         self.calls.append("training_step")
@@ -213,7 +213,7 @@ def test_initial_pass_sees_every_image_once_without_gradients_before_training(da
     assert detector.seen == len(train)
     assert detector.grad_enabled == {False}
     first_step = detector.calls.index("training_step")
-    assert detector.calls.index("initial_pass_end") < detector.calls.index("configure_optimizer") < first_step
+    assert detector.calls.index("initial_pass_end") < detector.calls.index("configure_optimizers") < first_step
     assert detector.calls[0] == "fit_begin" and detector.calls.count("initial_pass_end") == 1
 
 

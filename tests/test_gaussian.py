@@ -18,7 +18,7 @@ def test_scores_are_mahalanobis_distances():
     gaussian = PositionalGaussian(regularization=0.01)
     gaussian.update(train[:11])  # streaming in two batches == one pass
     gaussian.update(train[11:])
-    gaussian.finalize()
+    gaussian.finish()
     scores = gaussian.score(test)
     assert scores.shape == (4, 7)
     x = train.double().numpy()
@@ -40,4 +40,4 @@ def test_needs_two_samples_and_a_fit():
         gaussian.score(torch.zeros(1, 3, 4))
     gaussian.update(torch.zeros(1, 3, 4))
     with pytest.raises(ValueError, match="at least 2"):
-        gaussian.finalize()
+        gaussian.finish()

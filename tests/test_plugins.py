@@ -17,7 +17,7 @@ GOOD = """
     from adcore import hookimpl
     import tiny_detectors
 
-    ADCORE_API = ">=1,<2"
+    ADCORE_API = ">=1,<3"
 
     @hookimpl
     def adcore_register_detectors(register):
@@ -87,7 +87,7 @@ def test_broken_plugins_are_reported_and_the_rest_works(site):
     broken_import = registry.plugins["fake-broken-import"].error
     assert broken_import.startswith("ImportError") and "needs libfoo 3" in broken_import
     broken_hook = registry.plugins["fake-broken-hook"].error
-    assert "RuntimeError in adcore_register_detectors" in broken_hook and "model zoo offline" in broken_hook
+    assert "RuntimeError: model zoo offline (in adcore_register_detectors)" in broken_hook
     assert registry.plugins["fake-good"].error is None
     assert registry.detector_class("fake-det").name == "fake-det"
     assert registry.detector_class("padim").name == "padim"
@@ -120,13 +120,13 @@ def test_incompatible_api_is_refused_naming_the_version(site):
     site(
         "fake-future",
         "fake-future",
-        GOOD.replace('ADCORE_API = ">=1,<2"', 'ADCORE_API = ">=2"'),
+        GOOD.replace('ADCORE_API = ">=1,<3"', 'ADCORE_API = ">=3"'),
         detector="future-det",
     )
-    site("fake-invalid-api", "fake-invalid-api", GOOD.replace('">=1,<2"', '"one or two"'), detector="odd-det")
+    site("fake-invalid-api", "fake-invalid-api", GOOD.replace('">=1,<3"', '"one or two"'), detector="odd-det")
     registry = PluginRegistry()
     error = registry.plugins["fake-future"].error
-    assert error is not None and ">=2" in error and "provides API 1" in error
+    assert error is not None and ">=3" in error and "provides API 2" in error
     assert "future-det" not in registry.detectors
     assert "invalid ADCORE_API" in registry.plugins["fake-invalid-api"].error
     assert "odd-det" not in registry.detectors
@@ -134,11 +134,11 @@ def test_incompatible_api_is_refused_naming_the_version(site):
 
 def test_add_plugin_checks_the_api_too():
     class Future:
-        ADCORE_API = ">=2"
+        ADCORE_API = ">=3"
 
     registry = PluginRegistry(load_entry_points=False)
     info = registry.add_plugin(Future(), name="future")
-    assert "needs adcore plugin API >=2" in info.error
+    assert "needs adcore plugin API >=3" in info.error
     assert registry.plugins["future"] is info
 
 
@@ -166,3 +166,92 @@ def test_process_registry_is_cached_and_resettable():
     mine = PluginRegistry(load_entry_points=False)
     set_registry(mine)
     assert get_registry() is mine
+
+
+LAZY = """
+    from adcore import DetectorCard, hookimpl
+
+    ADCORE_API = ">=2,<3"
+
+    @hookimpl
+    def adcore_register_detectors(register):
+        register(DetectorCard(name="{detector}", target="{module}:Lazy", summary="a lazy one", training_kind="fit_once"))
+"""
+
+LAZY_MODEL = """
+    import tiny_detectors
+
+    LOADED = True
+
+    class Lazy(tiny_detectors.TinyMean):
+        name = "{detector}"
+"""
+
+
+def test_a_card_registers_a_detector_without_importing_its_module(site, tmp_path):
+    model = "fake_lazy_model_" + uuid.uuid4().hex[:8]
+    (tmp_path / f"{model}.py").write_text(textwrap.dedent(LAZY_MODEL.format(detector="lazy-det")))
+    site("fake-lazy", "fake-lazy", LAZY, detector="lazy-det", module=model)
+    try:
+        registry = PluginRegistry()
+        assert registry.plugins["fake-lazy"].error is None
+        assert registry.card("lazy-det").summary == "a lazy one"
+        assert model not in sys.modules  # registered, not imported
+        assert registry.detector_class("lazy-det").name == "lazy-det"
+        assert sys.modules[model].LOADED
+    finally:
+        sys.modules.pop(model, None)
+
+
+def test_a_card_whose_module_fails_names_its_plugin(site):
+    site("fake-lazy", "fake-lazy", LAZY, detector="lazy-det", module="no_such_module_anywhere")
+    registry = PluginRegistry()
+    assert registry.plugins["fake-lazy"].error is None  # discovery does not import it
+    with pytest.raises(PluginError, match=r"detector 'lazy-det' of fake-lazy \(fake-lazy 0.1\) cannot be loaded"):
+        registry.detector_class("lazy-det")
+    assert registry.detector_class("padim").name == "padim"
+
+
+def test_a_second_distribution_reusing_an_entry_point_name_is_named_and_skipped(site):
+    site("fake-impostor", "padim", GOOD, detector="impostor-det")  # declares an entry point 'padim'
+    registry = PluginRegistry()
+    impostor = [info for info in registry.plugins.values() if info.distribution == "fake-impostor"]
+    assert len(impostor) == 1 and "already taken by adcore-padim" in impostor[0].error
+    assert "fake-impostor" in impostor[0].name
+    assert registry.detector_class("padim").name == "padim"  # the original still works
+    assert registry.plugins["padim"].error is None
+
+
+def test_a_plugin_that_exits_at_import_is_named_and_skipped(site):
+    site("fake-exit", "fake-exit", "import sys\nsys.exit(3)\n")
+    site(
+        "fake-exit-hook",
+        "fake-exit-hook",
+        """
+        from adcore import hookimpl
+
+        @hookimpl
+        def adcore_register_detectors(register):
+            raise SystemExit("bye")
+        """,
+    )
+    registry = PluginRegistry()
+    assert registry.plugins["fake-exit"].error.startswith("SystemExit(3)")
+    assert "SystemExit('bye')" in registry.plugins["fake-exit-hook"].error
+    assert registry.detector_class("padim").name == "padim"
+
+
+def test_list_plugins_survives_hostile_plugins(site, capsys):
+    from adcore.cli import main
+
+    site("fake-impostor", "padim", GOOD, detector="impostor-det")
+    site("fake-exit", "fake-exit", "import sys\nsys.exit(3)\n")
+    set_registry(None)
+    try:
+        assert main(["list-plugins"]) == 0
+    finally:
+        set_registry(None)
+    out = capsys.readouterr().out
+    assert "fake-exit" in out and "SystemExit(3)" in out
+    assert "fake-impostor" in out and "already taken" in out
+    assert "detector padim" in out

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from adcore.cli import _predictions_table
+from adcore.artifacts import predictions_table as _predictions_table
 from adcore.engine import Predictions
 from adcore.postprocess import PostProcessor, learn_threshold
 from tiny_detectors import TinyMean

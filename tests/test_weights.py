@@ -12,7 +12,7 @@ from adcore.backbones.weights import (
     restoring_from_checkpoint,
 )
 from adcore.plugins import LOAD_PLUGINS_ENV, PluginRegistry, set_registry
-from adcore_weights_efficientnet_lite import EfficientNetLiteWeights
+from adcore_weights_efficientnet_lite.provider import EfficientNetLiteWeights
 
 ARCH = "tf_efficientnet_lite0"
 LAYERS = (1, 2, 3)
@@ -161,7 +161,7 @@ def test_a_plugin_provider_serves_new_architectures():
     registry = PluginRegistry(load_entry_points=False)
     registry.add_plugin(Plugin(), name="fake-weights")
     set_registry(registry)
-    assert registry.plugins["fake-weights"].weight_providers == ["fake-resnet"]
+    assert registry.plugins["fake-weights"].resource_providers == ["fake-resnet"]
     extractor = create_feature_extractor("resnet18", (1, 2))
     assert extractor.weights_source == "provider:fake-resnet"
     assert extractor.channels == [64, 128]

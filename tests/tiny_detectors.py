@@ -13,10 +13,7 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore import hookimpl
-from adcore.batch import Batch
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from adcore import AnomalyDetector, Batch, DetectorOutput, InputSpec, TrainingSpec, hookimpl
 from torch import nn
 
 SIZE = 64
@@ -57,11 +54,9 @@ class TinyMean(AnomalyDetector):
         self.mean = self._sum / self._count
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         distance = (self._pooled(images) - self.mean).square().sum(dim=1, keepdim=True).sqrt()
         anomaly_map = F.interpolate(distance, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)
 
 
 @attrs.define
@@ -86,9 +81,9 @@ class TinyGrad(AnomalyDetector):
 
     @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs)
+        return TrainingSpec.gradient(self, epochs=self.config.epochs)
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self, budget) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.config.learning_rate)
 
     def training_step(self, batch: Batch) -> torch.Tensor:
@@ -96,14 +91,12 @@ class TinyGrad(AnomalyDetector):
         return F.mse_loss(self.net(noisy), batch.image)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         anomaly_map = (self.net(images) - images).square().mean(dim=1, keepdim=True)
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)
 
 
 class _Plugin:
-    ADCORE_API = ">=1,<2"
+    ADCORE_API = ">=2,<3"
 
     @hookimpl
     def adcore_register_detectors(self, register):

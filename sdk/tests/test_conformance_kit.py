@@ -11,9 +11,7 @@ import pytest
 DETECTORS = """
 import attrs, os, torch
 import torch.nn.functional as F
-from adcore import hookimpl
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
+from adcore import AnomalyDetector, DetectorCard, DetectorOutput, InputSpec, hookimpl
 from adcore_sdk.conformance import DetectorConformance
 
 
@@ -52,10 +50,8 @@ class Good(AnomalyDetector):
         return (self.pooled(images) - self.mean).square().sum(dim=1, keepdim=True)
 
     def forward(self, images):
-        self.check_images(images)
-        self.check_fitted()
         anomaly_map = F.interpolate(self.distance(images), size=images.shape[-2:], mode="bilinear")
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)
 
 
 class FitFails(Good):
@@ -69,8 +65,6 @@ class WrongMapSize(Good):
     name = "wrong-map-size"
 
     def forward(self, images):
-        self.check_images(images)
-        self.check_fitted()
         distance = self.distance(images)  # forgot to upsample to the image
         return DetectorOutput(pred_score=distance.flatten(1).amax(dim=1), anomaly_map=distance)
 
@@ -142,13 +136,38 @@ class NoFitCheck(Good):
         self.mean = torch.zeros(3, 8, 8)
 
 
+class WrongCard(Good):
+    name = "wrong-card"
+
+
+class ZeroShot(Good):
+    # Needs no fit: brightness against a fixed prior (a zero-shot detector's shape).
+
+    name = "zero-shot"
+
+    @property
+    def training_spec(self):
+        from adcore import TrainingSpec
+
+        return TrainingSpec.nothing()
+
+    def fit_end(self):
+        pass
+
+    def distance(self, images):
+        return self.pooled(images).mean(dim=1, keepdim=True)
+
+
 class Plugin:
-    ADCORE_API = ">=1,<2"
+    ADCORE_API = ">=2,<3"
 
     @hookimpl
     def adcore_register_detectors(self, register):
         for cls in (Good, FitFails, WrongMapSize, Unseeded, StateOutsideBuffers, Blind, AnyChannels, NaNsPass, FitsOnNothing, NoFitCheck):
             register(cls)
+        register(DetectorCard(name="zero-shot", target=f"{__name__}:ZeroShot", training_kind="none"))
+        # Says it trains with gradients; it fits in one pass.
+        register(DetectorCard(name="wrong-card", target=f"{__name__}:WrongCard", training_kind="gradient"))
 
 
 def suite(detector_name, registered=True):
@@ -169,6 +188,8 @@ TestAnyChannels = suite("any-channels")
 TestNaNsPass = suite("nans-pass")
 TestFitsOnNothing = suite("fits-on-nothing")
 TestNoFitCheck = suite("no-fit-check")
+TestWrongCard = suite("wrong-card")
+TestZeroShot = suite("zero-shot")
 """
 
 #: broken detector's test class -> (the check that must fail, text its failure must show)
@@ -189,6 +210,7 @@ EXPECTED = {
     "TestNaNsPass": ("test_rejects_nan_input", "DID NOT RAISE"),
     "TestFitsOnNothing": ("test_rejects_an_empty_training_set", "DID NOT RAISE"),
     "TestNoFitCheck": ("test_unfitted_detector_refuses_to_score", "DID NOT RAISE"),
+    "TestWrongCard": ("test_card_describes_the_detector", "card says training_kind 'gradient'"),
 }
 
 
@@ -209,6 +231,10 @@ def outcomes(pytester):
 
 
 def test_every_check_fails_for_its_broken_detector_and_passes_for_a_working_one(outcomes):
+    zero_shot = outcomes["TestZeroShot"]  # the kit's zero-shot variant passes a working zero-shot detector
+    assert zero_shot and all(outcome == "passed" for outcome, _ in zero_shot.values()), {
+        test: text[-800:] for test, (outcome, text) in zero_shot.items() if outcome != "passed"
+    }
     good = outcomes["TestGood"]
     assert good and all(outcome == "passed" for outcome, _ in good.values()), {
         test: text[-800:] for test, (outcome, text) in good.items() if outcome != "passed"

@@ -13,16 +13,29 @@ class Batch:
     ``image`` is (N, 3, H, W) float, already resized and normalised for the detector.
     ``label`` is (N,) long (0 normal, 1 anomalous) or None when unknown; ``mask`` is
     (N, 1, H, W) float in {0, 1} or None when the dataset has no masks.
+
+    During a training Stage, ``auxiliary`` holds one batch of each auxiliary stream the
+    stage asked for, and ``augmented`` is True once the detector's ``augment`` changed the
+    images (the frozen-feature cache then never serves them).
     """
 
     image: torch.Tensor
     path: list[str]
     label: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    auxiliary: dict[str, Batch] = attrs.field(factory=dict)
+    augmented: bool = False
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return Batch(move(self.image), self.path, move(self.label), move(self.mask))
+        return Batch(
+            move(self.image),
+            self.path,
+            move(self.label),
+            move(self.mask),
+            {name: batch.to(device) for name, batch in self.auxiliary.items()},
+            self.augmented,
+        )
 
     def __len__(self) -> int:
         return self.image.shape[0]

@@ -1,48 +1,43 @@
-"""The ``adcore`` command line: list-plugins, fit, test, predict.
+"""The ``adcore`` command line: it parses, then calls the library (:mod:`adcore.run`).
 
 A first run needs only a model and data: ``adcore fit --model padim --data mvtec:PATH``.
+Nothing heavy is imported at module level: ``adcore --help``, ``--version`` and
+``list-plugins`` never import torch or a model.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
-import attrs
-import torch
-
 import adcore
-from adcore.backbones.feature_extractor import TimmFeatureExtractor
-from adcore.backbones.weights import WeightsNotFoundError
-from adcore.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adcore.data import AnomalyDataset, ImageReadError, load_data
-from adcore.data.dataset import ImageRecord
-from adcore.data.image_io import IMAGE_SUFFIXES, list_images
-from adcore.detector import AnomalyDetector, NotFittedError
-from adcore.engine import Engine, Predictions, TrainingDivergedError
-from adcore.io import atomic_write_json, atomic_write_text
-from adcore.plugins import LOAD_PLUGINS_ENV, PluginError, PluginRegistry, create_detector, get_registry, set_registry
-from adcore.visualize import render_panel, save_loss_curve, save_panel, tensor_to_uint8
+from adcore.plugins import LOAD_PLUGINS_ENV, get_registry, set_registry
 
-CHECKPOINT_NAME = "model.safetensors"
-USER_ERRORS = (
-    ImageReadError,
-    PluginError,
-    WeightsNotFoundError,
-    CheckpointError,
-    NotFittedError,
-    TrainingDivergedError,
-    FileNotFoundError,
-    ImportError,
-    ValueError,
-    KeyError,
-)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, reported as one line (imported only when needed)."""
+    from adcore.checkpoint import CheckpointError
+    from adcore.data import ImageReadError
+    from adcore.detector import NotFittedError
+    from adcore.engine import TrainingDivergedError
+    from adcore.plugins import PluginError
+    from adcore.resources import ResourceNotFoundError
+
+    return (
+        ImageReadError,
+        PluginError,
+        ResourceNotFoundError,
+        CheckpointError,
+        NotFittedError,
+        TrainingDivergedError,
+        OSError,  # unwritable output, full disk, missing files: the run folder keeps the previous run
+        ImportError,
+        ValueError,
+        KeyError,
+    )
 
 
 def _parse_value(text: str):
@@ -55,14 +50,24 @@ def _parse_value(text: str):
     return text
 
 
-def _detector_from_args(registry: PluginRegistry, args: argparse.Namespace) -> AnomalyDetector:
-    detector_class = registry.detector_class(args.model)
+def _parameters(args: argparse.Namespace) -> dict:
     values = {}
     for item in args.param or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--param {item!r} must look like name=value")
         values[key.strip()] = _parse_value(value.strip())
+    return values
+
+
+def _detector_from_args(args: argparse.Namespace):
+    import attrs
+
+    from adcore.plugins import create_detector
+
+    registry = get_registry()
+    detector_class = registry.detector_class(args.model)
+    values = _parameters(args)
     fields = {f.name for f in attrs.fields(detector_class.Config)}
     for flag, key, value in (
         ("--image-size", "image_size", None if args.image_size is None else (args.image_size, args.image_size)),
@@ -73,10 +78,16 @@ def _detector_from_args(registry: PluginRegistry, args: argparse.Namespace) -> A
             if key not in fields:
                 raise ValueError(f"{flag}: detector '{args.model}' has no '{key}' parameter")
             values[key] = value
-    return create_detector(args.model, seed=args.seed, registry=registry, **values)
+    return create_detector(args.model, seed=args.seed, registry=registry, params=values)
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: argparse.Namespace):
+    import torch
+
+    from adcore.engine import Engine
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu or auto)")
     return Engine(
         device=args.device,
         seed=args.seed,
@@ -84,97 +95,21 @@ def _engine(args: argparse.Namespace) -> Engine:
         precision=args.precision,
         progress=not args.no_progress and sys.stderr.isatty(),
         epochs=getattr(args, "epochs", None),
+        steps=getattr(args, "steps", None),
         validate_every=getattr(args, "validate_every", None),
         normal_quantile=getattr(args, "normal_quantile", 0.99),
     )
 
 
-def _apply_thresholds(detector: AnomalyDetector, args: argparse.Namespace) -> None:
-    detector.post_processor.set_manual_threshold(args.image_threshold, args.pixel_threshold)
-
-
-def _print_metrics(metrics: dict) -> None:
-    for key, value in metrics.items():
-        print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
-
-
-def _predictions_table(detector: AnomalyDetector, predictions: Predictions) -> list[dict]:
-    post = detector.post_processor
-    normalized = post.normalize_scores(predictions.scores) if post.is_calibrated else None
-    rows = []
-    for i, path in enumerate(predictions.paths):
-        row = {"path": path, "score": float(predictions.scores[i])}
-        if normalized is not None:
-            row["normalized_score"] = float(normalized[i])
-            row["is_anomalous"] = bool(predictions.scores[i] >= post.image_threshold)
-        if predictions.labels is not None:
-            row["label"] = int(predictions.labels[i])
-        rows.append(row)
-    return rows
-
-
-def _write_table(path: Path, rows: list[dict], fmt: str) -> None:
-    if fmt == "json":
-        atomic_write_json(path, rows)
-        return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path", "score"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _write_heatmaps(
-    directory: Path, detector: AnomalyDetector, dataset: AnomalyDataset, predictions: Predictions, limit: int
-) -> int:
-    """Panels for up to ``limit`` images spread evenly over the dataset (all defect types)."""
-    post = detector.post_processor
-    if not post.is_calibrated or limit <= 0:
-        return 0
-    count = len(predictions.paths)
-    n = min(limit, count)
-    chosen = sorted({round(i * (count - 1) / max(n - 1, 1)) for i in range(n)})
-    scores = post.normalize_scores(predictions.scores)
-    maps = (
-        post.normalize_maps(predictions.maps)
-        if predictions.maps is not None and not torch.isnan(post.pixel_threshold)
-        else None
-    )
-    for index in chosen:
-        pixels, gt_mask = dataset.raw(index)
-        record = dataset.records[index]
-        panel = render_panel(
-            tensor_to_uint8(pixels),
-            None if maps is None else maps[index, 0].numpy(),
-            float(scores[index]),
-            bool(scores[index] >= 0.5),
-            None if gt_mask is None else gt_mask[0].numpy(),
-        )
-        stem = (
-            f"{record.defect_type.replace('/', '_')}_{Path(record.path).stem}"
-            if record.defect_type
-            else Path(record.path).stem
-        )
-        save_panel(directory / f"{index:04d}_{stem}.png", panel)
-    return len(chosen)
-
-
-def _environment() -> dict:
-    return {
-        "adcore": adcore.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-
-
 # -- commands ------------------------------------------------------------------------------
 def cmd_list_plugins(args: argparse.Namespace) -> int:
+    import attrs
+
     registry = get_registry()
     plugins = [attrs.asdict(p) for p in registry.plugins.values()]
     if args.json:
-        print(json.dumps({"plugins": plugins, "detector_clashes": registry.clashes}, indent=2))
+        cards = {name: card.to_json() for name, card in registry.detectors.items()}
+        print(json.dumps({"plugins": plugins, "detectors": cards, "detector_clashes": registry.clashes}, indent=2))
         return 0
     if not plugins:
         print("no adcore plugins installed (try: pip install adcore-padim)")
@@ -182,7 +117,7 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     print(f"{'plugin':<{width}}  {'version':<9} provides")
     for p in plugins:
         provides = ", ".join(
-            [f"detector {d}" for d in p["detectors"]] + [f"weights {w}" for w in p["weight_providers"]]
+            [f"detector {d}" for d in p["detectors"]] + [f"resources {r}" for r in p["resource_providers"]]
         )
         status = f"ERROR: {p['error'].splitlines()[0]}" if p["error"] else provides or "(nothing)"
         print(f"{p['name']:<{width}}  {p['version'] or '-':<9} {status}")
@@ -191,92 +126,60 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(metrics: dict) -> None:
+    from adcore.artifacts import format_metrics
+
+    print(format_metrics(metrics))
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    registry = get_registry()
+    from adcore.run import CHECKPOINT_NAME, fit_run
+
+    detector = _detector_from_args(args)  # seeded: it may draw random weights (STFPM's student)
     output = Path(args.output)
-    splits = load_data(args.data, val_split=args.val_split, seed=args.seed)
-    detector = _detector_from_args(registry, args)  # seeded: it may draw random weights (STFPM's student)
-    engine = _engine(args)
-    gradient = detector.training_spec.kind.value == "gradient"
-    train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)
-    val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
-    print(
-        f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, {len(splits.test)} test images",
-        file=sys.stderr,
+    result = fit_run(
+        detector,
+        args.data,
+        output,
+        _engine(args),
+        val_split=args.val_split,
+        heatmaps=args.heatmaps,
+        image_threshold=args.image_threshold,
+        pixel_threshold=args.pixel_threshold,
     )
-    report = engine.fit(detector, train, val, calibrate=False)
-    val_predictions = engine.predict(detector, val, description="calibrate") if val is not None else None
-    if val_predictions is not None:
-        report["calibration"] = engine.calibrate(detector, val_predictions)
-    _apply_thresholds(detector, args)
-    run = {
-        "model": detector.name,
-        "data": args.data,
-        "data_name": splits.name,
-        "val_split": args.val_split,
-        "seed": args.seed,
-        "epochs_override": args.epochs,
-        "precision": args.precision,
-        "environment": _environment(),
-        "weights_sources": {
-            name: module.weights_source
-            for name, module in detector.named_modules()
-            if isinstance(module, TimmFeatureExtractor)
-        },
-    }
-    save_checkpoint(detector, output / CHECKPOINT_NAME, extra={"run": run})
-    report = {**run, **report, "post_processing": detector.post_processor.summary()}
-    if splits.test:
-        if splits.test is splits.val:  # validation is the test set (the MVTec protocol): score it once
-            test, predictions = val, val_predictions
-            metrics = engine.evaluate(detector, predictions)
-        else:
-            test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
-            metrics, predictions = engine.test(detector, test)
-        metrics = {"model": detector.name, "data": splits.name, "fit_seconds": report["fit_seconds"], **metrics}
-        atomic_write_json(output / "metrics.json", metrics)
-        _write_table(output / "predictions.csv", _predictions_table(detector, predictions), "csv")
-        written = _write_heatmaps(output / "heatmaps", detector, test, predictions, args.heatmaps)
-        report["metrics"] = metrics
-        _print_metrics(metrics)
+    if result.metrics is not None:
+        _print_metrics(result.metrics)
         print(
-            f"wrote {output / CHECKPOINT_NAME}, metrics.json, predictions.csv and {written} heatmaps in {output}/heatmaps"
+            f"wrote {output / CHECKPOINT_NAME}, metrics.json, predictions.csv and {result.heatmaps} heatmaps in {output}/heatmaps"
         )
     else:
         print(f"wrote {output / CHECKPOINT_NAME} (no test data: no metrics)")
-    if report["history"]:
-        save_loss_curve(report["history"], output / "loss_curve.png", title=f"{detector.name} on {splits.name}")
+    if result.report["history"]:
         print(f"wrote the training loss curve to {output / 'loss_curve.png'}")
-    atomic_write_json(output / "report.json", report)
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    detector, metadata = load_checkpoint(args.checkpoint)
-    _apply_thresholds(detector, args)
-    run = metadata.get("run", {})
-    data = args.data or run.get("data")
-    if not data:
-        raise ValueError("--data is required: the checkpoint does not record its data")
-    # Re-split exactly as at fit time, so training and calibration images never leak into the test.
-    same_data = data == run.get("data")
-    seed = run.get("seed", args.seed) if same_data else args.seed
-    splits = load_data(data, val_split=run.get("val_split", "same_as_test") if same_data else "same_as_test", seed=seed)
-    if not splits.test:
-        raise ValueError(f"{data}: no test images")
-    test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
-    metrics, predictions = _engine(args).test(detector, test)
-    metrics = {"model": detector.name, "data": splits.name, **metrics}
-    _print_metrics(metrics)
-    if args.output:
-        output = Path(args.output)
-        atomic_write_json(output / "metrics.json", metrics)
-        _write_table(output / "predictions.csv", _predictions_table(detector, predictions), "csv")
-        _write_heatmaps(output / "heatmaps", detector, test, predictions, args.heatmaps)
+    from adcore.run import evaluate_run
+
+    result = evaluate_run(
+        args.checkpoint,
+        args.data,
+        args.output,
+        _engine(args),
+        heatmaps=args.heatmaps,
+        image_threshold=args.image_threshold,
+        pixel_threshold=args.pixel_threshold,
+    )
+    _print_metrics(result.metrics)
     return 0
 
 
-def _collect_images(inputs: list[str]) -> list[ImageRecord]:
+def _collect_images(inputs: list[str]):
+    from adcore.data import ImageReadError
+    from adcore.data.dataset import ImageRecord
+    from adcore.data.image_io import IMAGE_SUFFIXES, list_images
+
     records = []
     for item in inputs:
         path = Path(item)
@@ -286,6 +189,8 @@ def _collect_images(inputs: list[str]) -> list[ImageRecord]:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise ImageReadError(f"{path}: not an image file (expected one of {sorted(IMAGE_SUFFIXES)})")
             records.append(ImageRecord(path))
+        elif path.exists():
+            raise ImageReadError(f"{path}: not a regular file or folder")
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
     if not records:
@@ -294,19 +199,44 @@ def _collect_images(inputs: list[str]) -> list[ImageRecord]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    detector, _ = load_checkpoint(args.checkpoint)
-    _apply_thresholds(detector, args)
-    dataset = AnomalyDataset(_collect_images(args.inputs), detector.input_spec)
-    predictions = _engine(args).predict(detector, dataset)
-    rows = _predictions_table(detector, predictions)
+    from adcore.checkpoint import load_checkpoint
+    from adcore.run import predict_run
+
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("predict needs --checkpoint FILE, or --model NAME for a zero-shot detector")
+    if args.checkpoint:
+        for flag, value in (
+            ("--param", args.param),
+            ("--image-size", args.image_size),
+            ("--backbone", args.backbone),
+            ("--weights", args.weights),
+        ):
+            if value:
+                raise ValueError(f"{flag}: a checkpoint's parameters are fixed; pass them to fit (or use --model)")
+        detector, _ = load_checkpoint(args.checkpoint)
+    else:
+        detector = _detector_from_args(args)
+        if detector.needs_fit:
+            raise ValueError(
+                f"detector '{args.model}' learns from normal images: fit it first (adcore fit) and pass --checkpoint"
+            )
+    detector.post_processor.set_manual_threshold(args.image_threshold, args.pixel_threshold)
     output = Path(args.output)
-    table = output / f"predictions.{args.format}"
-    _write_table(table, rows, args.format)
-    written = _write_heatmaps(output / "heatmaps", detector, dataset, predictions, args.heatmaps)
-    for row in rows:
+    result = predict_run(
+        detector,
+        _collect_images(args.inputs),
+        output,
+        _engine(args),
+        table_format=args.format,
+        heatmaps=args.heatmaps,
+    )
+    for row in result.rows:
         verdict = "" if "is_anomalous" not in row else ("  ANOMALOUS" if row["is_anomalous"] else "  normal")
         print(f"{row['path']}: score {row['score']:.4f}{verdict}")
-    print(f"wrote {table} and {written} heatmaps in {output}/heatmaps", file=sys.stderr)
+    print(
+        f"wrote {output / f'predictions.{args.format}'} and {result.heatmaps} heatmaps in {output}/heatmaps",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -328,6 +258,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="detector parameter, repeatable")
+    parser.add_argument("--image-size", type=int, help="square input size (shortcut for --param image_size=)")
+    parser.add_argument("--backbone", help="timm backbone name (shortcut for --param backbone=)")
+    parser.add_argument(
+        "--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)"
+    )
+    parser.add_argument(
+        "--allow-download", action="store_true", help="allow downloads (weights, resources) when no offline source exists"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adcore", description="Visual anomaly detection: fit, test and predict with plugin models."
@@ -336,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugins", help=f"comma-separated plugins to load (empty: none); same as {LOAD_PLUGINS_ENV}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list-plugins", help="installed plugins, what they provide, and errors")
+    listing = commands.add_parser("list-plugins", help="installed plugins, their detectors' cards, and errors")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=cmd_list_plugins)
 
@@ -348,16 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="mvtec:PATH | folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR] | elpv[:mono|poly|all]",
     )
     fit.add_argument("--output", default="runs/latest", help="folder for checkpoint, metrics, report, heatmaps")
-    fit.add_argument("--param", action="append", metavar="NAME=VALUE", help="detector parameter, repeatable")
-    fit.add_argument("--image-size", type=int, help="square input size (shortcut for --param image_size=)")
-    fit.add_argument("--backbone", help="timm backbone name (shortcut for --param backbone=)")
-    fit.add_argument(
-        "--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)"
-    )
-    fit.add_argument(
-        "--allow-download", action="store_true", help="allow timm hub downloads when no offline weights exist"
-    )
-    fit.add_argument("--epochs", type=int, help="override the detector's default number of epochs")
+    _model_options(fit)
+    fit.add_argument("--epochs", type=int, help="override the epochs of the detector's epoch-budgeted stages")
+    fit.add_argument("--steps", type=int, help="override the steps of the detector's step-budgeted stages")
     fit.add_argument(
         "--validate-every", type=int, help="gradient training: image AUROC on validation data every N epochs"
     )
@@ -375,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(test)
     test.set_defaults(run=cmd_test)
 
-    predict = commands.add_parser("predict", help="score images with a checkpoint")
-    predict.add_argument("--checkpoint", required=True)
+    predict = commands.add_parser("predict", help="score images with a checkpoint (or a zero-shot --model)")
+    predict.add_argument("--checkpoint", help="a fitted model (model.safetensors)")
+    predict.add_argument("--model", help="a zero-shot detector to use without a checkpoint")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--output", default="predictions", help="folder for the table and heatmaps")
     predict.add_argument("--format", choices=("csv", "json"), default="csv")
+    _model_options(predict)
     _common(predict)
     predict.set_defaults(run=cmd_predict)
     return parser
@@ -397,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
-    except USER_ERRORS as exc:
-        if os.environ.get("ADCORE_DEBUG"):
+    except Exception as exc:
+        if os.environ.get("ADCORE_DEBUG") or not isinstance(exc, _user_errors()):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and not str(message).strip():
+            message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}"
         print(f"adcore: error: {message}", file=sys.stderr)
         return 2
 

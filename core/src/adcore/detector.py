@@ -1,10 +1,14 @@
-"""Base class for detectors: the steps the loop calls, with safe defaults.
+"""Base class for detectors: the steps the Engine calls, with safe defaults.
 
 A plugin subclasses :class:`AnomalyDetector`, gives it a ``name``, an attrs ``Config``
-(its hyperparameters, JSON-serialisable), and implements either the one-pass path
-(``fit_batch``/``fit_end``) or the gradient path (``configure_optimizer``/``training_step``),
-plus ``forward``. Everything the detector learns must live in parameters or buffers so
-checkpoints (safetensors) can hold it.
+(its hyperparameters, JSON-serialisable), a ``training_spec`` (its phases, see
+:mod:`adcore.training`; the default is one pass of ``fit_batch``) and ``forward``.
+Everything the detector learns must live in parameters or buffers so checkpoints
+(safetensors) can hold it.
+
+``forward`` does the method's arithmetic only (it is what export traces); the Engine
+calls :meth:`AnomalyDetector.predict`, which checks the input and that the detector is
+fitted first.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from torch import nn
 
 from adcore.batch import Batch
 from adcore.components.feature_cache import FrozenFeatureCache
+from adcore.config import build_config
 from adcore.postprocess import PostProcessor
-from adcore.protocols import DetectorOutput, InputSpec, LearningType, TrainingKind, TrainingSpec
+from adcore.protocols import DetectorOutput, InputSpec, LearningType
+from adcore.training import Budget, TrainingKind, TrainingSpec
 
 
 class NotFittedError(RuntimeError):
@@ -45,49 +51,73 @@ class AnomalyDetector(nn.Module):
 
     # -- description -------------------------------------------------------------------
     @classmethod
-    def from_config_dict(cls, values: dict) -> AnomalyDetector:
-        known = {f.name for f in attrs.fields(cls.Config)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{cls.name}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(cls.Config(**values))
+    def from_config_dict(cls, values: dict, strict: bool = True) -> AnomalyDetector:
+        """Build from JSON/command-line values; old parameter names are accepted as aliases.
+
+        ``strict=False`` (checkpoints) silently drops parameters that no longer exist.
+        """
+        config = build_config(cls.Config, values, cls.name, strict)
+        try:
+            return cls(config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{cls.name}: {exc}") from None
 
     def config_dict(self) -> dict:
         return attrs.asdict(self.config, recurse=True)
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec()
+        """The config's ``image_size`` and the normalisation of the first pretrained backbone."""
+        size = getattr(self.config, "image_size", InputSpec().image_size)
+        for module in self.modules():
+            mean, std = getattr(module, "mean", None), getattr(module, "std", None)
+            if module is not self and isinstance(mean, tuple) and isinstance(std, tuple):
+                return InputSpec(size, mean, std)
+        return InputSpec(size)
 
     @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.FIT_ONCE)
+        return TrainingSpec.one_pass(self)
 
-    # -- fitting, one pass (memory bank and density models) ----------------------------
+    # -- fitting: hooks around all phases ----------------------------------------------
     def fit_begin(self) -> None:
-        """Called once before the first batch of a fit (reset accumulators here)."""
+        """Called once before the first phase (reset accumulators here)."""
 
+    def fit_end(self) -> None:
+        """Called once after the last phase: finish what the phases accumulated."""
+
+    # -- the one-pass default (memory bank and density models) --------------------------
     def fit_batch(self, batch: Batch) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement fit_batch")
 
-    def fit_end(self) -> None:
-        """Called once after the last batch (or the last epoch): finish statistics."""
-
-    # -- fitting with gradients (teacher-student, flows, reconstruction) ---------------
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        raise NotImplementedError(f"{type(self).__name__} does not implement configure_optimizer")
+    # -- the gradient default (TrainingSpec.gradient) -----------------------------------
+    def configure_optimizers(self, budget: Budget) -> Any:
+        """An optimizer, ``(optimizer, scheduler)`` or :class:`adcore.Optimization` for a Stage."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement configure_optimizers")
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement training_step")
 
     def initial_pass_batch(self, batch: Batch) -> None:
-        """With ``TrainingSpec(initial_pass=True)``: see one batch before training (no gradients)."""
+        """``TrainingSpec.gradient(initial_pass=True)``: see one batch before training (no gradients)."""
         raise NotImplementedError(
             f"{type(self).__name__} asks for an initial pass but does not implement initial_pass_batch"
         )
 
     def initial_pass_end(self) -> None:
         """After the initial pass, before the optimizer is configured: finish statistics."""
+
+    # -- data the phases can ask for ----------------------------------------------------
+    def augment(self, batch: Batch) -> Batch:
+        """Stages with ``augment=True``: return the batch to train on (new images, labels, masks).
+
+        Random draws come from torch's global generator, which the Engine seeds.
+        """
+        return batch
+
+    def auxiliary_data(self, stream: str) -> Any:
+        """The dataset of an auxiliary stream a Stage names (None: train without it)."""
+        raise NotImplementedError(f"{type(self).__name__} names auxiliary stream '{stream}' but provides no data")
 
     # -- a frozen part's features, computed once per image during a fit -----------------
     def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -101,11 +131,10 @@ class AnomalyDetector(nn.Module):
     def training_features(self, batch: Batch) -> list[torch.Tensor]:
         """``frozen_features`` of a training batch, from the per-image cache while the Engine fits.
 
-        Training images are not augmented by the loop, so a frozen network's features are
-        the same every epoch; outside a fit (or with the cache closed) they are computed.
-        A detector that augments its training images must call ``frozen_features`` instead.
+        An augmented batch (see :meth:`augment`) is never served from the cache: its images
+        are not the files the cache keys on.
         """
-        if self._frozen_feature_cache is None:
+        if self._frozen_feature_cache is None or batch.augmented:
             return self.frozen_features(batch.image)
         return self._frozen_feature_cache(batch.image, batch.path)
 
@@ -122,25 +151,48 @@ class AnomalyDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> DetectorOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def predict(self, images: torch.Tensor) -> DetectorOutput:
+        """Checks, then ``forward``: what the Engine and applications call."""
+        self.check_images(images)
+        self.check_fitted()
+        return self(images)
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.training_spec.kind != TrainingKind.NONE
+
     def check_fitted(self) -> None:
-        if not bool(self.is_fitted):
+        if not bool(self.is_fitted) and self.needs_fit:
             raise NotFittedError(f"detector '{self.name}' is not fitted: run fit or load a checkpoint")
 
     def check_images(self, images: torch.Tensor) -> None:
-        """Clear errors for input the method cannot score."""
+        """Clear errors for input the method cannot score (video detectors override it)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
         if not torch.isfinite(images).all():
             raise ValueError(f"{self.name}: images contain NaN or infinite values")
 
     # -- checkpoints ---------------------------------------------------------------------
+    def external_modules(self) -> dict[str, str]:
+        """Submodules a checkpoint does not copy, by state-dict prefix, with their resource source.
+
+        For large frozen pretrained networks (CLIP): the checkpoint records where they came
+        from and loading resolves them again, offline first. Default: none (self-contained).
+        """
+        return {}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores: everything but the external modules."""
+        prefixes = tuple(f"{prefix}." for prefix in self.external_modules())
+        return {k: v for k, v in self.state_dict().items() if not (prefixes and k.startswith(prefixes))}
+
     def load_fitted_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's tensors, letting buffers take the shapes they had when fitted.
 
         Buffers such as a memory bank are sized by the data at fit time, so a freshly
         built detector cannot know their shapes; parameters must match exactly.
         """
-        own = self.state_dict()
+        own = self.checkpoint_state()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:

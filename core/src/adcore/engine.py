@@ -1,30 +1,35 @@
-"""The pure-PyTorch loop: fit (one pass or epochs of gradients), calibrate, test, predict.
+"""The pure-PyTorch loop: fit (the detector's phases), calibrate, test, predict.
 
-The loop asks the detector what it needs (:class:`~adcore.protocols.TrainingSpec`) and
-does nothing model-specific itself, so every plugin gets the same seeding, progress
-bars, NaN checks, gradient clipping, bf16 autocast and post-processing.
+The loop asks the detector what it needs (:class:`~adcore.training.TrainingSpec`: passes
+and stages in order) and does nothing model-specific itself, so every plugin gets the
+same seeding, data order, frozen-feature cache, progress bars, NaN checks, gradient
+clipping, schedulers, bf16 autocast, validation and post-processing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import random
 import sys
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import attrs
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from adcore.batch import Batch
-from adcore.data.dataset import AnomalyDataset, collate
+from adcore.data.dataset import collate
 from adcore.detector import AnomalyDetector
 from adcore.metrics import compute_metrics, image_auroc
 from adcore.postprocess import DEFAULT_NORMAL_QUANTILE
-from adcore.protocols import TrainingKind
 from adcore.seed import resolve_device, seed_everything
+from adcore.training import HELD_OUT, TRAIN, Budget, Optimization, Pass, Stage, TrainingKind, TrainingSpec
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -49,6 +54,62 @@ class Predictions:
         return len(self.paths) / self.seconds if self.seconds > 0 else math.inf
 
 
+class OptimizerSteps:
+    """What a Stage's step function sees in manual mode: ``step(name, loss)`` per optimizer.
+
+    Each call checks the loss, clears that optimizer's gradients, back-propagates, clips
+    and steps (and steps its scheduler when the stage schedules per step).
+    """
+
+    def __init__(self, optimization: Optimization, stage: Stage, detector_name: str) -> None:
+        self.optimizers = dict(optimization.optimizers)
+        self.schedulers = dict(optimization.schedulers)
+        self.stage = stage
+        self.detector_name = detector_name
+        self.epoch, self.batch_index = 0, 0
+
+    def check(self, loss: torch.Tensor, what: str = "loss") -> None:
+        if not torch.isfinite(loss).all():
+            raise TrainingDivergedError(
+                f"{self.detector_name}: training {what} became {loss.detach().float().mean().item()} in stage "
+                f"'{self.stage.name}' at epoch {self.epoch}, step {self.batch_index}; "
+                "lower the learning rate or check the input data"
+            )
+
+    def _optimizer(self, name: str) -> torch.optim.Optimizer:
+        if name not in self.optimizers:
+            raise KeyError(f"{self.detector_name}: stage '{self.stage.name}' has no optimizer '{name}' ({sorted(self.optimizers)})")
+        return self.optimizers[name]
+
+    def step(self, name: str, loss: torch.Tensor) -> None:
+        """One optimizer step of ``name`` on ``loss``."""
+        self.check(loss, f"loss of '{name}'")
+        self._step([name], loss)
+
+    def step_all(self, loss: torch.Tensor) -> None:
+        """Every optimizer of the stage on one loss (the automatic mode)."""
+        self.check(loss)
+        self._step(list(self.optimizers), loss)
+
+    def _step(self, names: list[str], loss: torch.Tensor) -> None:
+        optimizers = [self._optimizer(name) for name in names]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, optimizer in zip(names, optimizers):
+            if self.stage.gradient_clip_norm is not None:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(parameters, self.stage.gradient_clip_norm)
+            optimizer.step()
+            if self.stage.scheduler_interval == "step" and name in self.schedulers:
+                self.schedulers[name].step()
+
+    def end_of_epoch(self) -> None:
+        if self.stage.scheduler_interval == "epoch":
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+
+
 @attrs.define
 class Engine:
     """Runs detectors; every run with the same ``seed`` gives the same scores."""
@@ -60,8 +121,10 @@ class Engine:
     precision: str = attrs.field(default="fp32", validator=attrs.validators.in_(PRECISIONS))
     progress: bool = True
     normal_quantile: float = DEFAULT_NORMAL_QUANTILE
-    #: Overrides the detector's default number of epochs (gradient-trained detectors).
+    #: Overrides the epochs of every epoch-budgeted stage.
     epochs: int | None = None
+    #: Overrides the steps of every step-budgeted stage.
+    steps: int | None = None
     #: Overrides the detector's validation interval in epochs (0: never during training).
     validate_every: int | None = None
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
@@ -71,7 +134,7 @@ class Engine:
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
-    def _loader(self, dataset: AnomalyDataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -91,33 +154,187 @@ class Engine:
         return contextlib.nullcontext()
 
     # -- fit ----------------------------------------------------------------------------------
-    def fit(
-        self,
-        detector: AnomalyDetector,
-        train: AnomalyDataset,
-        val: AnomalyDataset | None = None,
-        calibrate: bool = True,
-    ) -> dict:
-        """Fit the detector, then (unless ``calibrate=False``) calibrate thresholds on ``val``; returns a report.
+    def fit(self, detector: AnomalyDetector, train, val=None, calibrate: bool = True) -> dict:
+        """Run the detector's phases, then (unless ``calibrate=False``) calibrate thresholds on ``val``.
 
-        ``val`` also serves validation during gradient training (``validate_every``).
+        ``val`` also serves validation during training (``validate_every``), which scores a
+        copy of the detector completed as if training stopped there.
         """
-        if len(train) == 0:
+        spec = detector.training_spec
+        self._check_overrides(detector, spec)
+        if spec.kind != TrainingKind.NONE and len(train) == 0:
             raise ValueError(f"{detector.name}: the training dataset is empty: there are no images to fit on")
         generator = seed_everything(self.seed)
         detector.to(self.torch_device)
-        spec = detector.training_spec
+        streams = self._streams(spec, train, generator)
         started = time.perf_counter()
         history: list[dict] = []
-        if spec.kind == TrainingKind.FIT_ONCE:
-            self._fit_once(detector, train)
-        elif spec.kind == TrainingKind.GRADIENT:
-            history = self._fit_gradient(detector, train, val, generator)
+        caching = detector.caching_frozen_features() if spec.kind == TrainingKind.GRADIENT else contextlib.nullcontext()
+        with caching:
+            detector.fit_begin()
+            for index, phase in enumerate(spec.phases):
+                if isinstance(phase, Pass):
+                    self._run_pass(detector, phase, streams)
+                else:
+                    history += self._run_stage(detector, index, streams, generator, spec, val)
+            detector.fit_end()
         detector.is_fitted.fill_(True)
-        report: dict = {"fit_seconds": time.perf_counter() - started, "history": history}
+        report: dict = {
+            "fit_seconds": time.perf_counter() - started,
+            "history": history,
+            "phases": spec.describe(),
+            "images": {name: len(data) for name, data in streams.items() if data is not None},
+        }
         if calibrate and val is not None and len(val) > 0:
             report["calibration"] = self.calibrate(detector, self.predict(detector, val, description="calibrate"))
         return report
+
+    def _check_overrides(self, detector: AnomalyDetector, spec: TrainingSpec) -> None:
+        if self.epochs is not None and not any(s.epochs is not None for s in spec.stages):
+            raise ValueError(f"epochs: detector '{detector.name}' has no stage trained for epochs ({self._kind(spec)})")
+        if self.steps is not None and not any(s.steps is not None for s in spec.stages):
+            raise ValueError(f"steps: detector '{detector.name}' has no stage trained for steps ({self._kind(spec)})")
+
+    @staticmethod
+    def _kind(spec: TrainingSpec) -> str:
+        return {
+            TrainingKind.FIT_ONCE: "it fits in one pass",
+            TrainingKind.NONE: "it needs no fitting",
+            TrainingKind.GRADIENT: "its stages are budgeted otherwise",
+        }[spec.kind]
+
+    def _streams(self, spec: TrainingSpec, train, generator: torch.Generator) -> dict:
+        """The training images, few-shot selection and held-out split applied (seeded)."""
+        if spec.kind == TrainingKind.NONE:
+            return {TRAIN: train}
+        if spec.max_images is not None and len(train) > spec.max_images:
+            chosen = torch.randperm(len(train), generator=generator)[: spec.max_images].sort().values
+            train = Subset(train, chosen.tolist())
+        streams = {TRAIN: train}
+        if spec.held_out_fraction > 0:
+            count = len(train)
+            held = min(count - 1, max(1, round(spec.held_out_fraction * count)))
+            if held < 1:
+                raise ValueError(f"a held-out split needs at least 2 training images, got {count}")
+            order = torch.randperm(count, generator=generator).tolist()
+            streams[HELD_OUT] = Subset(train, sorted(order[:held]))
+            streams[TRAIN] = Subset(train, sorted(order[held:]))
+        return streams
+
+    def _stream(self, detector: AnomalyDetector, name: str, streams: dict):
+        if name in streams:
+            return streams[name]
+        return detector.auxiliary_data(name)
+
+    def _run_pass(self, detector: AnomalyDetector, phase: Pass, streams: dict) -> None:
+        data = self._stream(detector, phase.stream, streams)
+        if data is None:
+            raise ValueError(f"{detector.name}: pass '{phase.name}' has no data in stream '{phase.stream}'")
+        detector.eval()
+        with torch.no_grad(), self.autocast():
+            for batch in self._bar(self._loader(data, shuffle=False), f"{phase.name} ({detector.name})"):
+                phase.on_batch(batch.to(self.torch_device))
+        if phase.on_end is not None:
+            phase.on_end()
+
+    def _auxiliary_batches(self, detector: AnomalyDetector, stage: Stage) -> dict[str, Iterator[Batch]]:
+        """An endless, seeded, reshuffled iterator per auxiliary stream (None data: skipped, said once)."""
+        iterators = {}
+        for offset, name in enumerate(stage.auxiliary, start=1):
+            data = detector.auxiliary_data(name)
+            if data is None:
+                self.log(f"{detector.name}: stage '{stage.name}' trains without auxiliary stream '{name}' (no data)")
+                continue
+            generator = torch.Generator().manual_seed(self.seed + 7919 * offset)  # its own order, not the train's
+            iterators[name] = _endless(self._loader(data, shuffle=True, generator=generator))
+        return iterators
+
+    def _run_stage(
+        self, detector: AnomalyDetector, index: int, streams: dict, generator: torch.Generator, spec: TrainingSpec, val
+    ) -> list[dict]:
+        stage: Stage = spec.phases[index]
+        loader = self._loader(streams[TRAIN], shuffle=True, generator=generator)
+        epochs = self.epochs if self.epochs is not None and stage.epochs is not None else stage.epochs
+        steps = self.steps if self.steps is not None and stage.steps is not None else stage.steps
+        budget = Budget(epochs=epochs, steps=steps, steps_per_epoch=len(loader))
+        steps_out = OptimizerSteps(Optimization.of(stage.optimizers(budget)), stage, detector.name)
+        auxiliary = self._auxiliary_batches(detector, stage)
+        every = self.validate_every if self.validate_every is not None else spec.validate_every
+        total, done, history = budget.total_steps, 0, []
+        epochs_total = epochs if epochs is not None else math.ceil(total / max(1, len(loader)))
+        while done < total:
+            detector.train()
+            steps_out.epoch += 1
+            epoch_started, losses = time.perf_counter(), defaultdict(list)
+            bar = self._bar(loader, f"{stage.name} {steps_out.epoch}/{epochs_total}", total=min(len(loader), total - done))
+            for batch_index, batch in enumerate(bar):
+                if done >= total:
+                    break
+                steps_out.batch_index = batch_index
+                batch = batch.to(self.torch_device)
+                batch.auxiliary = {name: next(it).to(self.torch_device) for name, it in auxiliary.items()}
+                if stage.augment:
+                    augmented = detector.augment(batch)
+                    augmented.augmented = augmented.image is not batch.image
+                    batch = augmented
+                with self.autocast():
+                    if stage.manual:
+                        named = stage.step(batch, steps_out)
+                    else:
+                        loss = stage.step(batch)
+                        steps_out.step_all(loss)
+                        named = {"loss": loss}
+                for name, value in named.items():
+                    losses[name].append(float(value.detach().float()) if torch.is_tensor(value) else float(value))
+                done += 1
+                if "loss" in losses:
+                    bar.set_postfix(loss=f"{losses['loss'][-1]:.4f}")
+            steps_out.end_of_epoch()
+            record = {"stage": stage.name, "epoch": steps_out.epoch, "step": done}
+            record.update({name: sum(values) / len(values) for name, values in losses.items() if values})
+            record["seconds"] = time.perf_counter() - epoch_started
+            if every and val is not None and len(val) and steps_out.epoch % every == 0:
+                record["val_image_auroc"] = self._validate(detector, index, streams, val)
+            history.append(record)
+            self.log(
+                f"{stage.name} epoch {steps_out.epoch}/{epochs_total}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("stage", "epoch"))
+            )
+        if stage.on_end is not None:
+            stage.on_end()
+        return history
+
+    def _validate(self, detector: AnomalyDetector, index: int, streams: dict, val) -> float | None:
+        """Image AUROC of a copy of the detector completed as if training stopped now.
+
+        The copy runs the current stage's ``on_end``, the passes after it and ``fit_end``
+        (later stages are skipped), so a detector whose scores need those (a reference, map
+        quantiles) is never scored half-finished. The RNG is restored afterwards:
+        validating does not change the training that follows.
+        """
+        rng = _rng_state()
+        cache, detector._frozen_feature_cache = detector._frozen_feature_cache, None
+        try:
+            snapshot = copy.deepcopy(detector)
+        finally:
+            detector._frozen_feature_cache = cache
+        snapshot._frozen_feature_cache = cache
+        try:
+            phases = snapshot.training_spec.phases
+            if phases[index].on_end is not None:
+                phases[index].on_end()
+            for phase in phases[index + 1 :]:
+                if isinstance(phase, Pass):
+                    self._run_pass(snapshot, phase, streams)
+            snapshot.fit_end()
+            snapshot.is_fitted.fill_(True)
+            snapshot._frozen_feature_cache = None
+            predictions = self.predict(snapshot, val, description="validate")
+        finally:
+            snapshot._frozen_feature_cache = None
+            _set_rng_state(rng)
+            detector.train()
+        return None if predictions.labels is None else image_auroc(predictions.scores, predictions.labels)
 
     def calibrate(self, detector: AnomalyDetector, predictions: Predictions) -> dict:
         """Learn thresholds and normalisation from validation predictions; returns a summary."""
@@ -125,70 +342,8 @@ class Engine:
             predictions.scores, predictions.labels, predictions.maps, predictions.masks, self.normal_quantile
         )
 
-    def _fit_once(self, detector: AnomalyDetector, train: AnomalyDataset) -> None:
-        detector.eval()
-        detector.fit_begin()
-        with torch.no_grad(), self.autocast():
-            for batch in self._bar(self._loader(train, shuffle=False), f"fit {detector.name}"):
-                detector.fit_batch(batch.to(self.torch_device))
-        detector.fit_end()
-
-    def _fit_gradient(
-        self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None, generator: torch.Generator
-    ) -> list[dict]:
-        with detector.caching_frozen_features():
-            return self._train(detector, train, val, generator)
-
-    def _train(
-        self, detector: AnomalyDetector, train: AnomalyDataset, val: AnomalyDataset | None, generator: torch.Generator
-    ) -> list[dict]:
-        spec = detector.training_spec
-        epochs = self.epochs if self.epochs is not None else spec.epochs
-        detector.fit_begin()
-        if spec.initial_pass:
-            detector.eval()
-            with torch.no_grad(), self.autocast():
-                for batch in self._bar(self._loader(train, shuffle=False), f"initial pass {detector.name}"):
-                    detector.initial_pass_batch(batch.to(self.torch_device))
-            detector.initial_pass_end()
-        configured = detector.configure_optimizer()
-        optimizer, scheduler = configured if isinstance(configured, tuple) else (configured, None)
-        history = []
-        for epoch in range(1, epochs + 1):
-            detector.train()
-            epoch_started, losses = time.perf_counter(), []
-            bar = self._bar(self._loader(train, shuffle=True, generator=generator), f"epoch {epoch}/{epochs}")
-            for step, batch in enumerate(bar):
-                with self.autocast():
-                    loss = detector.training_step(batch.to(self.torch_device))
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"{detector.name}: training loss became {loss.item()} at epoch {epoch}, step {step}; "
-                        "lower the learning rate or check the input data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if spec.gradient_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(detector.parameters(), spec.gradient_clip_norm)
-                optimizer.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if scheduler is not None:
-                scheduler.step()
-            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - epoch_started}
-            every = self.validate_every if self.validate_every is not None else spec.validate_every
-            if every and val is not None and len(val) and epoch % every == 0:
-                detector.is_fitted.fill_(True)
-                predictions = self.predict(detector, val, description="validate")
-                if predictions.labels is not None:
-                    record["val_image_auroc"] = image_auroc(predictions.scores, predictions.labels)
-            history.append(record)
-            self.log(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-        detector.fit_end()
-        return history
-
     # -- inference ----------------------------------------------------------------------------
-    def predict(self, detector: AnomalyDetector, dataset: AnomalyDataset, description: str = "predict") -> Predictions:
+    def predict(self, detector: AnomalyDetector, dataset, description: str = "predict") -> Predictions:
         """Raw scores and maps for every image of ``dataset``."""
         detector.check_fitted()
         detector.to(self.torch_device).eval()
@@ -197,7 +352,7 @@ class Engine:
         with torch.inference_mode(), self.autocast():
             for batch in self._bar(self._loader(dataset, shuffle=False), description):
                 batch: Batch
-                output = detector(batch.image.to(self.torch_device))
+                output = detector.predict(batch.image.to(self.torch_device))
                 paths += batch.path
                 scores.append(output.pred_score.float().cpu())
                 if output.anomaly_map is not None:
@@ -216,7 +371,7 @@ class Engine:
             seconds=seconds,
         )
 
-    def test(self, detector: AnomalyDetector, dataset: AnomalyDataset) -> tuple[dict[str, float], Predictions]:
+    def test(self, detector: AnomalyDetector, dataset) -> tuple[dict[str, float], Predictions]:
         """Metrics over a labelled dataset (pixel metrics when it has masks)."""
         predictions = self.predict(detector, dataset, description="test")
         return self.evaluate(detector, predictions), predictions
@@ -229,3 +384,28 @@ class Engine:
             predicted = predictions.scores >= float(detector.post_processor.image_threshold)
             metrics["image_accuracy_at_threshold"] = float((predicted.long() == predictions.labels).float().mean())
         return metrics
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.random.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda, numpy_state, python_state = state
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+
+
+def _endless(loader: DataLoader) -> Iterator[Batch]:
+    """Batches of ``loader`` forever, reshuffled every pass."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            return

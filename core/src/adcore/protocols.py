@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 import attrs
 import torch
 
+from adcore.training import TrainingKind, TrainingSpec  # noqa: F401 - re-exported for API 1 imports
+
 
 class LearningType(str, enum.Enum):
     """What a detector needs to see before it can score."""
@@ -20,30 +22,6 @@ class LearningType(str, enum.Enum):
     ONE_CLASS = "one_class"  # many normal images (PaDiM, PatchCore, STFPM, ...)
     FEW_SHOT = "few_shot"  # a handful of normal images (WinCLIP few-shot)
     ZERO_SHOT = "zero_shot"  # nothing at all (WinCLIP zero-shot)
-
-
-class TrainingKind(str, enum.Enum):
-    """How the loop fits a detector."""
-
-    FIT_ONCE = "fit_once"  # one pass over the data, no gradients (memory bank, density)
-    GRADIENT = "gradient"  # epochs of an optimizer over ``training_step`` losses
-    NONE = "none"  # nothing to fit (zero-shot)
-
-
-@attrs.frozen
-class TrainingSpec:
-    """What the loop must do to fit a detector."""
-
-    kind: TrainingKind = TrainingKind.FIT_ONCE
-    epochs: int = 1
-    #: Clip gradients to this global norm (None: no clipping).
-    gradient_clip_norm: float | None = None
-    #: Evaluate on validation data every N epochs (0: only at the end).
-    validate_every: int = 0
-    #: Gradient training only: first show the detector every training image once, without
-    #: gradients (``initial_pass_batch``/``initial_pass_end``), e.g. to initialise a memory
-    #: bank (CFA) or feature statistics (EfficientAd) before the optimizer starts.
-    initial_pass: bool = False
 
 
 @attrs.frozen
@@ -71,6 +49,11 @@ class DetectorOutput:
 
     pred_score: torch.Tensor
     anomaly_map: torch.Tensor | None = None
+
+    @classmethod
+    def from_map(cls, anomaly_map: torch.Tensor) -> DetectorOutput:
+        """The usual case: the image score is the map's maximum."""
+        return cls(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
 
 @runtime_checkable

@@ -82,12 +82,17 @@ def tensor_to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return pixels.permute(1, 2, 0).cpu().numpy()
 
 
-def save_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Plot the training loss per epoch (and validation image AUROC when recorded) to a PNG.
+_NOT_LOSSES = {"stage", "epoch", "step", "seconds", "val_image_auroc"}
 
-    ``history`` is the engine's per-epoch records (``epoch``, ``loss``, optional
-    ``val_image_auroc``). The loss axis is logarithmic when the loss stays positive, since
-    flow and distillation losses fall by orders of magnitude.
+
+def save_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Plot every training loss per epoch (and validation image AUROC when recorded) to a PNG.
+
+    ``history`` is the engine's per-epoch records (``stage``, ``epoch``, ``step``, one value
+    per named loss, optional ``val_image_auroc``). The x axis counts epochs across stages, so
+    a detector with several stages draws them one after the other. The loss axis is
+    logarithmic when every loss stays positive (flow and distillation losses fall by orders
+    of magnitude).
     """
     import matplotlib
 
@@ -96,16 +101,28 @@ def save_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "
 
     if not history:
         raise ValueError("no training history to plot (the detector was not trained with gradients)")
-    epochs = [record["epoch"] for record in history]
-    losses = [record["loss"] for record in history]
+    x = list(range(1, len(history) + 1))
+    names = [k for k in dict.fromkeys(k for r in history for k in r) if k not in _NOT_LOSSES]
     figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
-    axis.plot(epochs, losses, marker="o", markersize=3, color="tab:blue", label="training loss")
-    axis.set_xlabel("epoch")
+    values = []
+    for name in names:
+        points = [(i, r[name]) for i, r in zip(x, history) if isinstance(r.get(name), (int, float))]
+        if points:
+            values += [v for _, v in points]
+            label = "training loss" if name == "loss" else f"{name} loss"
+            axis.plot(*zip(*points), marker="o", markersize=3, label=label)
+    stages = [r.get("stage") for r in history]
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            axis.axvline(x[i] - 0.5, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("epoch" if len(set(stages)) <= 1 else "epoch (stages one after another)")
     axis.set_ylabel("loss (mean over batches)")
-    if min(losses) > 0:
+    if values and min(values) > 0:
         axis.set_yscale("log")
     axis.grid(alpha=0.3)
-    validation = [(r["epoch"], r["val_image_auroc"]) for r in history if "val_image_auroc" in r]
+    if len(names) > 1:
+        axis.legend(fontsize=7, loc="upper right")
+    validation = [(i, r["val_image_auroc"]) for i, r in zip(x, history) if r.get("val_image_auroc") is not None]
     if validation:
         right = axis.twinx()
         right.plot(*zip(*validation), marker="s", markersize=3, color="tab:orange", label="validation image AUROC")

@@ -1,8 +1,11 @@
 """CFA on tiny synthetic data: the memory bank, the loss, the scores and checkpoints."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from adcore.config import build_config
 from adcore.data import AnomalyDataset, load_data
 from adcore.data.synthetic import make_mvtec
 from adcore.detector import NotFittedError
@@ -47,23 +50,31 @@ def fitted(splits):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"gamma_c": 0}, "gamma_c"),
-        ({"gamma_d": 0}, "gamma_d"),
-        ({"num_nearest_neighbors": 0}, "num_nearest_neighbors"),
-        ({"num_hard_negative_features": -1}, "num_hard_negative_features"),
-        ({"radius": -1.0}, "radius"),
-        ({"epochs": -1}, "epochs"),
-        ({"layers": ()}, "layers"),
+        ({"gamma_c": 0}, "cfa: gamma_c must be >= 1, got 0"),
+        ({"gamma_d": 0}, "cfa: gamma_d must be >= 1, got 0"),
+        ({"num_neighbors": 0}, "cfa: num_neighbors must be >= 1, got 0"),
+        ({"num_hard_negative_features": -1}, "cfa: num_hard_negative_features must be >= 0, got -1"),
+        ({"radius": -1.0}, "cfa: radius must be >= 0, got -1.0"),
+        ({"epochs": -1}, "cfa: epochs must be >= 0, got -1"),
+        ({"layers": ()}, "cfa: layers must name at least one backbone level"),
+        ({"layers": (2, 2)}, "cfa: layers must be distinct"),
     ],
 )
 def test_config_rejects_invalid_values(params, message):
-    with pytest.raises(ValueError, match=message):
-        CfaConfig(**params)
+    # Through the core, as command lines and create_detector build it: the core names the detector.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Cfa.from_config_dict(params)
+
+
+def test_the_old_name_num_nearest_neighbors_still_configures_k():
+    with pytest.warns(DeprecationWarning, match="num_neighbors"):
+        config = build_config(CfaConfig, {"num_nearest_neighbors": 5}, "cfa")
+    assert config.num_neighbors == 5
 
 
 def test_gamma_d_larger_than_the_channels_is_rejected():
-    with pytest.raises(ValueError, match="gamma_d"):
-        Cfa(CfaConfig(**TINY, gamma_d=10_000))
+    with pytest.raises(ValueError, match="cfa: gamma_d=10000 exceeds the 152 channels"):
+        Cfa.from_config_dict({**TINY, "gamma_d": 10_000})
 
 
 def test_coordinates_span_minus_one_to_one_along_rows_and_columns():
@@ -182,12 +193,12 @@ def test_bf16_training_and_scoring_stay_finite(splits):
 def test_unfitted_and_invalid_input_raise():
     detector = Cfa(CfaConfig(**TINY))
     with pytest.raises(NotFittedError):
-        detector(torch.zeros(1, 3, 64, 64))
+        detector.predict(torch.zeros(1, 3, 64, 64))
     detector.is_fitted.fill_(True)
     with pytest.raises(ValueError, match="shape"):
-        detector(torch.zeros(1, 1, 64, 64))
+        detector.predict(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="NaN"):
-        detector(torch.full((1, 3, 64, 64), float("nan")))
+        detector.predict(torch.full((1, 3, 64, 64), float("nan")))
 
 
 def test_too_small_a_bank_for_k_plus_j_is_a_clear_error(splits):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from adcore.batch import Batch
+from adcore.config import build_config
 from adcore.data import AnomalyDataset, load_data
 from adcore.data.synthetic import anomalous_image, make_mvtec, normal_image
 from adcore.detector import NotFittedError
 from adcore.engine import Engine
 from adcore.seed import seed_everything
-from adcore_cflow import Cflow, CflowConfig
+from adcore_cflow.model import Cflow, CflowConfig
 
 SIZE = 64
 TINY = {
@@ -21,7 +24,7 @@ TINY = {
     "condition_vector": 16,
     "fiber_batch_size": 128,
     "epochs": 4,
-    "lr": 2e-3,
+    "learning_rate": 2e-3,
 }
 
 
@@ -130,31 +133,40 @@ def test_same_seed_same_scores_and_the_safetensors_state_restores_them(fitted, t
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"condition_vector": 30}, "multiple of 4"),
-        ({"coupling_blocks": 0}, "coupling_blocks"),
-        ({"clamp_alpha": 0.0}, "clamp_alpha"),
-        ({"fiber_batch_size": 0}, "fiber_batch_size"),
-        ({"lr": -1.0}, "lr"),
-        ({"layers": (2, 2)}, "distinct"),
-        ({"decoder": "glow"}, "decoder"),
+        ({"condition_vector": 30}, "cflow: condition_vector must be a positive multiple of 4"),
+        ({"coupling_blocks": 0}, "cflow: coupling_blocks must be > 0, got 0"),
+        ({"affine_clamp": 0.0}, "cflow: affine_clamp must be > 0, got 0.0"),
+        ({"fiber_batch_size": 0}, "cflow: fiber_batch_size must be > 0, got 0"),
+        ({"learning_rate": -1.0}, "cflow: learning_rate must be > 0, got -1.0"),
+        ({"layers": (2, 2)}, "cflow: layers must be distinct"),
+        ({"layers": ()}, "cflow: layers must name at least one backbone level"),
+        ({"decoder": "glow"}, "cflow: decoder must be one of 'freia-cflow', 'freia-flow', got 'glow'"),
     ],
 )
 def test_invalid_configs_are_rejected_clearly(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        CflowConfig(**overrides)
+    # Through the core, as command lines and create_detector build it: the core names the detector.
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        Cflow.from_config_dict(overrides)
+    assert str(error.value).startswith("cflow: ")
+
+
+def test_the_old_names_lr_and_clamp_alpha_still_configure_the_detector():
+    with pytest.warns(DeprecationWarning, match="learning_rate|affine_clamp"):
+        config = build_config(CflowConfig, {"lr": 1e-3, "clamp_alpha": 1.5}, "cflow")
+    assert (config.learning_rate, config.affine_clamp) == (1e-3, 1.5)
 
 
 def test_unfitted_detector_and_bad_images_are_refused():
     detector = _build().eval()
     with pytest.raises(NotFittedError):
-        detector(torch.zeros(1, 3, SIZE, SIZE))
+        detector.predict(torch.zeros(1, 3, SIZE, SIZE))
     detector.is_fitted.fill_(True)
     with pytest.raises(ValueError, match="3, H, W"):
-        detector(torch.zeros(1, 1, SIZE, SIZE))
+        detector.predict(torch.zeros(1, 1, SIZE, SIZE))
     images = torch.zeros(1, 3, SIZE, SIZE)
     images[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        detector(images)
+        detector.predict(images)
 
 
 def test_the_decoders_stay_in_float32_under_bf16_autocast(fitted):

@@ -11,11 +11,17 @@ from adcore.data.synthetic import anomalous_image, make_mvtec, normal_image
 from adcore.detector import NotFittedError
 from adcore.engine import Engine
 from adcore.seed import seed_everything
-from adcore_csflow import AnomalyMapMode, CsFlow, CsFlowConfig
+from adcore_csflow.model import AnomalyMapMode, CsFlow, CsFlowConfig
 from adcore_csflow.cross_scale import CrossScaleCoupling, cross_scale_flow
 
 SIZE = 64
-TINY = {"image_size": SIZE, "cross_conv_hidden_channels": 16, "n_coupling_blocks": 2, "epochs": 3, "lr": 1e-3}
+TINY = {
+    "image_size": SIZE,
+    "cross_conv_hidden_channels": 16,
+    "coupling_blocks": 2,
+    "epochs": 3,
+    "learning_rate": 1e-3,
+}
 
 
 def _build(seed: int = 0, **overrides) -> CsFlow:
@@ -48,7 +54,7 @@ def fitted(tmp_path_factory):
 def test_coupling_is_invertible_and_its_log_det_is_exact():
     torch.manual_seed(0)
     dims = [(4, 4, 4), (4, 2, 2), (4, 1, 1)]
-    coupling = CrossScaleCoupling(dims, hidden_channels=8, kernel_size=3, clamp=3.0).double()
+    coupling = CrossScaleCoupling(dims, hidden_channels=8, kernel_size=3, affine_clamp=3.0).double()
     _randomise_gains(coupling)
     x = [torch.randn(1, *d, dtype=torch.float64) for d in dims]
     y, log_det = coupling(x)
@@ -83,7 +89,7 @@ def test_scales_exchange_information_in_the_coupling():
 def test_new_flow_is_a_permutation_and_log_scales_stay_within_the_clamp():
     torch.manual_seed(0)
     dims = [(6, 8, 8), (6, 4, 4), (6, 2, 2)]
-    flow = cross_scale_flow(dims, n_coupling_blocks=3, hidden_channels=8, clamp=0.5, kernel_sizes=[3, 3, 5])
+    flow = cross_scale_flow(dims, coupling_blocks=3, hidden_channels=8, affine_clamp=0.5, kernel_sizes=[3, 3, 5])
     x = [torch.randn(2, *d) for d in dims]
     z, log_det = flow(x)
     assert torch.equal(log_det, torch.zeros(2))  # zero gains: every coupling starts as the identity
@@ -95,7 +101,7 @@ def test_new_flow_is_a_permutation_and_log_scales_stay_within_the_clamp():
             m.weight.data.mul_(100)  # huge raw scales
     _, log_det = flow([t * 10 for t in x])
     dims_total = sum(int(np.prod(d)) for d in dims)
-    assert log_det.abs().max() < 3 * 0.5 * dims_total  # |log s| < clamp per dimension and block
+    assert log_det.abs().max() < 3 * 0.5 * dims_total  # |log s| < affine_clamp per dimension and block
 
 
 def test_features_come_from_one_layer_at_three_image_scales():
@@ -174,21 +180,21 @@ def test_same_seed_same_scores_and_checkpoint_round_trip(fitted, tmp_path):
 def test_rejects_bad_input_and_unfitted_use():
     detector = _build()
     with pytest.raises(NotFittedError):
-        detector(torch.zeros(1, 3, SIZE, SIZE))
+        detector.predict(torch.zeros(1, 3, SIZE, SIZE))
     detector.is_fitted.fill_(True)
     with pytest.raises(ValueError, match="shape"):
-        detector(torch.zeros(1, 1, SIZE, SIZE))
+        detector.predict(torch.zeros(1, 1, SIZE, SIZE))
     with pytest.raises(ValueError, match="NaN"):
-        detector(torch.full((1, 3, SIZE, SIZE), float("nan")))
+        detector.predict(torch.full((1, 3, SIZE, SIZE), float("nan")))
 
 
 @pytest.mark.parametrize(
     "bad",
     [
         {"cross_conv_hidden_channels": 0},
-        {"n_coupling_blocks": 0},
-        {"clamp": 0},
-        {"lr": -1},
+        {"coupling_blocks": 0},
+        {"affine_clamp": 0},
+        {"learning_rate": -1},
         {"eps": 0},
         {"weight_decay": -1e-5},
         {"gradient_clip_norm": 0},
@@ -200,3 +206,19 @@ def test_rejects_bad_input_and_unfitted_use():
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         CsFlowConfig(**bad)
+
+
+def test_errors_through_the_core_name_the_detector_once_and_old_names_are_aliases():
+    from adcore.plugins import create_detector
+
+    with pytest.raises(ValueError, match=r"^csflow: image_size must be at least 32 px per side"):
+        create_detector("csflow", image_size=16)
+    with pytest.warns(DeprecationWarning) as warned:
+        detector = create_detector(
+            "csflow", image_size=SIZE, cross_conv_hidden_channels=8, n_coupling_blocks=2, clamp=1.5, lr=1e-3
+        )
+    messages = " ".join(str(w.message) for w in warned)
+    assert all(f"'{name}'" in messages for name in ("coupling_blocks", "affine_clamp", "learning_rate"))
+    cfg = detector.config
+    assert (cfg.coupling_blocks, cfg.affine_clamp, cfg.learning_rate) == (2, 1.5, 1e-3)
+    assert {c.affine_clamp for c in _couplings(detector)} == {1.5}

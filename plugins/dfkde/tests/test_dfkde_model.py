@@ -4,7 +4,7 @@ import pytest
 import torch
 from adcore.batch import Batch
 from adcore.detector import NotFittedError
-from adcore_dfkde import Dfkde
+from adcore_dfkde.model import Dfkde
 from safetensors.torch import load_file, save_file
 
 
@@ -85,15 +85,22 @@ def test_too_few_images_for_the_components_warns_and_uses_fewer():
     assert detector.pca.components.shape[0] == 7
 
 
-def test_validation_and_errors():
-    with pytest.raises(ValueError, match="feature_scaling_method"):
-        Dfkde(feature_scaling_method="minmax")
-    with pytest.raises(ValueError, match="n_pca_components"):
-        Dfkde(n_pca_components=0)
-    with pytest.raises(ValueError, match="threshold_steepness"):
-        Dfkde(threshold_steepness=0)
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"feature_scaling_method": "minmax"}, "feature_scaling_method must be one of .scale., .norm., got .minmax."),
+        ({"n_pca_components": 0}, "n_pca_components must be > 0, got 0"),
+        ({"threshold_steepness": 0}, "threshold_steepness must be > 0, got 0.0"),
+    ],
+)
+def test_config_validation(params, message):
+    with pytest.raises(ValueError, match=f"^dfkde: .*{message}"):
+        Dfkde.from_config_dict(params)
+
+
+def test_unfitted_and_bad_input_are_rejected():
     detector = Dfkde(image_size=64)
     with pytest.raises(NotFittedError):
-        detector(_textures(1, 0))
+        detector.predict(_textures(1, 0))
     with pytest.raises(ValueError, match="shape"):
-        detector(torch.zeros(1, 1, 64, 64))
+        detector.predict(torch.zeros(1, 1, 64, 64))

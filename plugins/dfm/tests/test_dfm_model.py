@@ -4,7 +4,7 @@ import pytest
 import torch
 from adcore.batch import Batch
 from adcore.detector import NotFittedError
-from adcore_dfm import Dfm
+from adcore_dfm.model import Dfm
 from safetensors.torch import load_file, save_file
 
 
@@ -77,18 +77,25 @@ def test_checkpoint_round_trip_gives_identical_scores(fitted, tmp_path):
         assert torch.equal(fresh(images).anomaly_map, fitted(images).anomaly_map)
 
 
-def test_validation_and_errors():
-    with pytest.raises(ValueError, match="score_type"):
-        Dfm(score_type="mahalanobis")
-    with pytest.raises(ValueError, match="pca_level"):
-        Dfm(pca_level=1.5)
-    with pytest.raises(ValueError, match="pooling_kernel_size"):
-        Dfm(pooling_kernel_size=0)
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"score_type": "mahalanobis"}, "score_type must be one of .fre., .nll., got .mahalanobis."),
+        ({"pca_level": 1.5}, "pca_level must be a variance fraction in \\(0, 1\\) or a component count >= 1"),
+        ({"pooling_kernel_size": 0}, "pooling_kernel_size must be >= 1, got 0"),
+    ],
+)
+def test_config_validation(params, message):
+    with pytest.raises(ValueError, match=f"^dfm: .*{message}"):
+        Dfm.from_config_dict(params)
+
+
+def test_errors():
     assert Dfm.Config(pca_level="12").pca_level == 12
     detector = Dfm(image_size=64, layer=2)
     with pytest.raises(NotFittedError):
-        detector(_textures(1, 0))
+        detector.predict(_textures(1, 0))
     with pytest.raises(ValueError, match="NaN"):
-        detector(torch.full((1, 3, 64, 64), float("nan")))
+        detector.predict(torch.full((1, 3, 64, 64), float("nan")))
     with pytest.raises(ValueError, match="exceeds"):
         _fit(Dfm(image_size=64, layer=3, pooling_kernel_size=8), _textures(2, 0))

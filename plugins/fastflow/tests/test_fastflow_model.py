@@ -12,11 +12,11 @@ from adcore.data.synthetic import anomalous_image, make_mvtec, normal_image
 from adcore.detector import NotFittedError
 from adcore.engine import Engine
 from adcore.seed import seed_everything
-from adcore_fastflow import Fastflow, FastflowConfig
+from adcore_fastflow.model import Fastflow, FastflowConfig
 from torch import nn
 
 SIZE = 64
-TINY = {"image_size": SIZE, "layers": (1, 2), "flow_steps": 4, "epochs": 3, "lr": 2e-3}
+TINY = {"image_size": SIZE, "layers": (1, 2), "coupling_blocks": 4, "epochs": 3, "learning_rate": 2e-3}
 
 
 def _build(seed: int = 0, **overrides) -> Fastflow:
@@ -40,7 +40,7 @@ def fitted(tmp_path_factory):
 
 
 def test_each_scale_has_a_layernorm_and_a_flow_alternating_3x3_and_1x1():
-    detector = _build(flow_steps=3)
+    detector = _build(coupling_blocks=3)
     features = detector.encoder(torch.zeros(1, 3, SIZE, SIZE))
     assert len(detector.norms) == len(detector.flows) == 2
     for feature, norm, flow in zip(features, detector.norms, detector.flows):
@@ -48,7 +48,7 @@ def test_each_scale_has_a_layernorm_and_a_flow_alternating_3x3_and_1x1():
         assert len(flow.module_list) == 3
         kernels = [[c.kernel_size for c in block.subnet if isinstance(c, nn.Conv2d)] for block in flow.module_list]
         assert kernels == [[(3, 3)] * 2, [(1, 1)] * 2, [(3, 3)] * 2]
-    only3 = _build(flow_steps=2, conv3x3_only=True)
+    only3 = _build(coupling_blocks=2, conv3x3_only=True)
     assert {m.kernel_size for m in only3.flows.modules() if isinstance(m, nn.Conv2d)} == {(3, 3)}
     assert not any(p.requires_grad for p in detector.encoder.parameters())  # the encoder stays frozen
 
@@ -56,7 +56,7 @@ def test_each_scale_has_a_layernorm_and_a_flow_alternating_3x3_and_1x1():
 def test_data_init_standardises_each_position_before_the_flows():
     """norm_init="data": after the initial pass, the LayerNorm's output has mean 0 and std 1 per position."""
     detector = _build()
-    assert detector.training_spec.initial_pass
+    assert [phase.name for phase in detector.training_spec.phases] == ["initial pass", "train"]
     images = _images(detector, [normal_image(i, SIZE) for i in range(6)])
     detector.fit_begin()
     for start in (0, 3):  # two batches: the statistics are accumulated
@@ -75,7 +75,7 @@ def test_data_init_standardises_each_position_before_the_flows():
 
 def test_identity_init_is_the_papers_start_and_skips_the_initial_pass():
     detector = _build(norm_init="identity")
-    assert not detector.training_spec.initial_pass
+    assert [phase.name for phase in detector.training_spec.phases] == ["train"]
     for norm in detector.norms:
         assert torch.equal(norm.weight, torch.ones_like(norm.weight))
         assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
@@ -84,15 +84,15 @@ def test_identity_init_is_the_papers_start_and_skips_the_initial_pass():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"flow_steps": 0}, "flow_steps"),
+        ({"coupling_blocks": 0}, "coupling_blocks"),
         ({"hidden_ratio": 0.0}, "hidden_ratio"),
         ({"affine_clamp": -1.0}, "affine_clamp"),
-        ({"lr": 0.0}, "lr"),
+        ({"learning_rate": 0.0}, "learning_rate"),
         ({"weight_decay": -1e-5}, "weight_decay"),
         ({"epochs": 0}, "epochs"),
         ({"layers": ()}, "layers"),
         ({"layers": (2, 2)}, "layers"),
-        ({"conv3x3_only": "yes"}, "conv3x3_only"),
+        ({"conv3x3_only": "maybe"}, "true or false"),
         ({"image_size": 16}, "image_size"),
         ({"norm_init": "zeros"}, "norm_init"),
     ],
@@ -106,13 +106,13 @@ def test_input_errors_and_unfitted_detector():
     detector = _build().eval()
     good = torch.zeros(1, 3, SIZE, SIZE)
     with pytest.raises(NotFittedError):
-        detector(good)
+        detector.predict(good)
     with pytest.raises(ValueError, match="shape"):
-        detector(torch.zeros(1, 1, SIZE, SIZE))
+        detector.predict(torch.zeros(1, 1, SIZE, SIZE))
     with pytest.raises(ValueError, match="NaN"):
-        detector(torch.full((1, 3, SIZE, SIZE), float("nan")))
+        detector.predict(torch.full((1, 3, SIZE, SIZE), float("nan")))
     with pytest.raises(ValueError, match="64"):
-        detector(torch.zeros(1, 3, SIZE * 2, SIZE * 2))
+        detector.predict(torch.zeros(1, 3, SIZE * 2, SIZE * 2))
 
 
 def test_training_lowers_the_negative_log_likelihood(fitted):
@@ -170,8 +170,26 @@ def test_safetensors_round_trip_gives_identical_scores(fitted, tmp_path):
 
 
 def test_negative_blur_sigma_is_refused():
-    import pytest
     from adcore.plugins import create_detector
 
-    with pytest.raises(ValueError, match="blur_sigma"):
+    with pytest.raises(ValueError, match="^fastflow: .*blur_sigma"):
         create_detector("fastflow", image_size=64, blur_sigma=-1.0)
+
+
+def test_errors_through_the_core_name_the_detector_once():
+    from adcore.plugins import create_detector
+
+    with pytest.raises(ValueError, match=r"^fastflow: image_size must be at least 32 pixels per side"):
+        create_detector("fastflow", image_size=16)
+    with pytest.raises(ValueError, match=r"^fastflow: layers must be distinct"):
+        create_detector("fastflow", image_size=64, layers=(2, 2))
+
+
+def test_old_parameter_names_are_aliases():
+    from adcore.plugins import create_detector
+
+    with pytest.warns(DeprecationWarning) as warned:
+        detector = create_detector("fastflow", image_size=64, layers=(1, 2), flow_steps=2, lr=1e-3)
+    messages = " ".join(str(w.message) for w in warned)
+    assert "'coupling_blocks'" in messages and "'learning_rate'" in messages
+    assert detector.config.coupling_blocks == 2 and detector.config.learning_rate == 1e-3

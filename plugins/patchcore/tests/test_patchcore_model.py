@@ -136,28 +136,29 @@ def test_num_neighbors_larger_than_bank_is_capped():
 
 def test_unfitted_and_bad_input_are_rejected(fitted):
     with pytest.raises(NotFittedError):
-        make()(textures(1, seed=0))
+        make().predict(textures(1, seed=0))
     with pytest.raises(ValueError, match="shape"):
-        fitted(torch.zeros(1, 1, SIZE, SIZE))
+        fitted.predict(torch.zeros(1, 1, SIZE, SIZE))
     bad = textures(1, seed=0)
     bad[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
-        fitted(bad)
+        fitted.predict(bad)
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("params", "message"),
     [
-        {"coreset_sampling_ratio": 0.0},
-        {"coreset_sampling_ratio": 1.5},
-        {"num_neighbors": 0},
-        {"patch_size": 2},
-        {"projection_dim": 0},
-        {"blur_sigma": -1.0},
-        {"layers": ()},
-        {"search_chunk_size": 0},
+        ({"coreset_sampling_ratio": 0.0}, "coreset_sampling_ratio must be > 0, got 0.0"),
+        ({"coreset_sampling_ratio": 1.5}, "coreset_sampling_ratio must be in \\[0, 1\\]"),
+        ({"num_neighbors": 0}, "num_neighbors must be > 0, got 0"),
+        ({"patch_size": 2}, "patch_size must be a positive odd number"),
+        ({"projection_dim": 0}, "projection_dim must be > 0, got 0"),
+        ({"blur_sigma": -1.0}, "blur_sigma must be >= 0, got -1.0"),
+        ({"layers": ()}, "layers must name at least one backbone level"),
+        ({"layers": (2, 2)}, "layers must be distinct"),
+        ({"search_chunk_size": 0}, "search_chunk_size must be > 0, got 0"),
     ],
 )
-def test_config_validation(params):
-    with pytest.raises(ValueError):
+def test_config_validation(params, message):
+    with pytest.raises(ValueError, match=f"^patchcore: .*{message}"):
         make(**params)

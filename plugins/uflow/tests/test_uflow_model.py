@@ -26,7 +26,7 @@ TINY = {"image_size": 64, "epochs": 2}
 
 def test_flow_splits_half_per_scale_and_is_invertible():
     torch.manual_seed(0)
-    flow = UShapedFlow([8, 16, 32], [(8, 8), (4, 4), (2, 2)], flow_steps=2)
+    flow = UShapedFlow([8, 16, 32], [(8, 8), (4, 4), (2, 2)], coupling_blocks=2)
     # Coarsest: 32 channels, 16 go up (4 after upsampling), 16 stay; middle: 16 + 4 = 20, 8 up, 12 stay.
     assert flow.latent_channels == [8 + 2, 12, 16]
     features = [torch.randn(3, 8, 8, 8), torch.randn(3, 16, 4, 4), torch.randn(3, 32, 2, 2)]
@@ -42,7 +42,7 @@ def test_flow_splits_half_per_scale_and_is_invertible():
 def test_flow_log_det_is_the_log_det_of_the_whole_map():
     """The U-shape adds no volume change of its own: compare with the exact Jacobian."""
     torch.manual_seed(1)
-    flow = UShapedFlow([4, 8], [(2, 2), (1, 1)], flow_steps=2).double()
+    flow = UShapedFlow([4, 8], [(2, 2), (1, 1)], coupling_blocks=2).double()
     fine, coarse = torch.randn(1, 4, 2, 2, dtype=torch.float64), torch.randn(1, 8, 1, 1, dtype=torch.float64)
 
     def whole(flat):
@@ -161,7 +161,9 @@ def test_safetensors_round_trip_gives_identical_scores(fitted, tmp_path):
     safetensors.torch.save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(path))
     fresh = create_detector("uflow", seed=123, **TINY)  # another seed: everything must come from the file
     with pytest.raises(NotFittedError):
-        fresh(images)
+        fresh.predict(images)
+    with pytest.raises(NotFittedError):
+        fresh.nfa_map(images)
     fresh.load_fitted_state(safetensors.torch.load_file(str(path)))
     fresh.eval()
     with torch.no_grad():
@@ -170,14 +172,14 @@ def test_safetensors_round_trip_gives_identical_scores(fitted, tmp_path):
 
 def test_standardization_is_measured_on_the_training_features(fitted):
     detector = fitted[0]
-    assert detector.training_spec.initial_pass
+    assert [phase.name for phase in detector.training_spec.phases] == ["initial pass", "train"]
     for standardize, channels in zip(detector.standardizers, detector.encoder.channels):
         assert standardize.mean.shape[0] == channels and standardize.mean.dim() == 3
         assert standardize.mean.abs().max() > 0.01 and not torch.equal(
             standardize.std, torch.ones_like(standardize.std)
         )
     plain = create_detector("uflow", seed=0, standardize=False, **TINY)
-    assert not plain.training_spec.initial_pass
+    assert [phase.name for phase in plain.training_spec.phases] == ["train"]
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # without the initial pass the standardisation is the identity
         for raw, standardized in zip(plain.layer_normalized(images), plain.features(images)):
@@ -189,7 +191,7 @@ def test_same_seed_builds_the_same_flow():
     flows = []
     for seed in (7, 7, 8):
         seed_everything(seed)
-        flows.append(UShapedFlow([8, 16], [(4, 4), (2, 2)], flow_steps=2).state_dict())
+        flows.append(UShapedFlow([8, 16], [(4, 4), (2, 2)], coupling_blocks=2).state_dict())
     assert all(torch.equal(flows[0][k], flows[1][k]) for k in flows[0])
     assert not all(torch.equal(flows[0][k], flows[2][k]) for k in flows[0])
 
@@ -197,15 +199,34 @@ def test_same_seed_builds_the_same_flow():
 def test_rejects_bad_input_and_bad_config(fitted):
     detector = fitted[0]
     with pytest.raises(ValueError, match="shape"):
-        detector(torch.zeros(1, 1, 64, 64))
+        detector.predict(torch.zeros(1, 1, 64, 64))
     nan = torch.zeros(1, 3, 64, 64)
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        detector(nan)
-    for bad in ({"map_type": "heat"}, {"nfa_window_size": 4}, {"nfa_probability_threshold": 1.5}, {"flow_steps": 0}):
-        with pytest.raises(ValueError):
+        detector.predict(nan)
+    with pytest.raises(ValueError, match="NaN"):
+        detector.nfa_map(nan)
+    for bad, message in (
+        ({"map_type": "heat"}, "map_type"),
+        ({"nfa_window_size": 4}, "nfa_window_size must be odd"),
+        ({"nfa_probability_threshold": 1.5}, "nfa_probability_threshold"),
+        ({"nfa_probability_threshold": 1.0}, "nfa_probability_threshold"),
+        ({"lr_end_factor": 1.5}, "lr_end_factor"),
+        ({"coupling_blocks": 0}, "coupling_blocks"),
+        ({"layers": (3, 2)}, "layers must be ordered finest first"),
+        ({"layers": (2, 2)}, "layers must be distinct"),
+        ({"standardize": "maybe"}, "true or false"),
+    ):
+        with pytest.raises(ValueError, match=f"^uflow: .*{message}"):
             create_detector("uflow", image_size=64, **bad)
-    with pytest.raises(ValueError, match="double"):
+    with pytest.raises(ValueError, match="^uflow: the layers' strides must double"):
         create_detector("uflow", image_size=64, layers=(1, 3))
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="^uflow: image_size .* divisible"):
         create_detector("uflow", image_size=72)
+
+
+def test_old_parameter_name_is_an_alias():
+    with pytest.warns(DeprecationWarning, match="'flow_steps' is now called 'coupling_blocks'"):
+        detector = create_detector("uflow", seed=0, flow_steps=2, **TINY)
+    assert detector.config.coupling_blocks == 2
+    assert all(len(stage.module_list) == 2 for stage in detector.flow.stages)

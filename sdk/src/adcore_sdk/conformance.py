@@ -20,7 +20,12 @@ through the ``pytest11`` entry point). The checks:
 5. a safetensors checkpoint round trip gives identical scores and maps;
 6. images with an obvious defect (a white square) score above normal images;
 7. bad input gets a clear error: a wrong channel count, NaNs, an empty training set;
-   an unfitted detector refuses to score.
+   an unfitted detector refuses to score;
+8. its card (what ``list-plugins`` shows, what checkpoints store) matches the class.
+
+Zero-shot detectors (``TrainingSpec.nothing()``) run the same checks, except that they
+score without any fit and an empty training set is no error; few-shot ones fit on the
+``max_images`` their spec asks for.
 
 Class attributes tune the run (smaller images, fewer epochs); they cannot turn a check off.
 """
@@ -38,7 +43,7 @@ from adcore.detector import AnomalyDetector, NotFittedError
 from adcore.engine import Engine, Predictions
 from adcore.metrics import image_auroc
 from adcore.plugins import PluginRegistry, create_detector, set_registry
-from adcore.protocols import TrainingKind
+from adcore.training import TrainingKind
 from adcore.threads import torch_threads
 
 
@@ -132,7 +137,7 @@ class DetectorConformance:
         height, width = detector.input_spec.image_size
         images = torch.rand(3, 3, height, width)
         with torch.inference_mode():
-            output = detector.eval()(images)
+            output = detector.eval().predict(images)
         assert output.pred_score.shape == (3,), f"pred_score must be (N,), got {tuple(output.pred_score.shape)}"
         assert output.pred_score.dtype.is_floating_point, (
             f"pred_score must be floating point, got {output.pred_score.dtype}"
@@ -195,17 +200,21 @@ class DetectorConformance:
         detector = fitted[0]
         height, width = detector.input_spec.image_size
         with pytest.raises(ValueError, match=r"\S"), torch.inference_mode():
-            detector.eval()(torch.rand(2, channels, height, width))
+            detector.eval().predict(torch.rand(2, channels, height, width))
 
     def test_rejects_nan_input(self, fitted):
         detector = fitted[0]
         images = torch.rand(2, 3, *detector.input_spec.image_size)
         images[1, 0, 3, 3] = float("nan")
         with pytest.raises(ValueError, match=r"(?i)nan|finite"), torch.inference_mode():
-            detector.eval()(images)
+            detector.eval().predict(images)
 
     def test_rejects_an_empty_training_set(self, conformance_registry):
         detector = self.build(conformance_registry)
+        if detector.training_spec.kind == TrainingKind.NONE:
+            self.engine().fit(detector, [], None)  # zero-shot: nothing to fit, and no error
+            assert bool(detector.is_fitted)
+            return
         with pytest.raises(ValueError, match="empty"):
             self.engine().fit(detector, [], None)
         if detector.training_spec.kind == TrainingKind.FIT_ONCE:
@@ -217,5 +226,22 @@ class DetectorConformance:
 
     def test_unfitted_detector_refuses_to_score(self, conformance_registry):
         detector = self.build(conformance_registry)
+        images = torch.rand(1, 3, *detector.input_spec.image_size)
+        if detector.training_spec.kind == TrainingKind.NONE:
+            with torch.inference_mode():  # zero-shot: scores straight away
+                assert detector.eval().predict(images).pred_score.shape == (1,)
+            return
         with pytest.raises(NotFittedError), torch.inference_mode():
-            detector.eval()(torch.rand(1, 3, *detector.input_spec.image_size))
+            detector.eval().predict(images)
+
+    # -- 8. the card ------------------------------------------------------------------------------
+    def test_card_describes_the_detector(self, conformance_registry):
+        card = conformance_registry.card(self.detector)
+        detector = self.build(conformance_registry)
+        assert card.name == detector.name
+        assert card.learning_type == detector.learning_type.value, (
+            f"card says learning_type {card.learning_type!r}, the class {detector.learning_type.value!r}"
+        )
+        assert card.training_kind == detector.training_spec.kind.value, (
+            f"card says training_kind {card.training_kind!r}, the training spec {detector.training_spec.kind.value!r}"
+        )

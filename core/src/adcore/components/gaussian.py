@@ -42,7 +42,7 @@ class PositionalGaussian(nn.Module):
         self._outer.baddbmm_(x.transpose(1, 2), x)
         self._count += x.shape[1]
 
-    def finalize(self, chunk: int = 512) -> None:
+    def finish(self, chunk: int = 512) -> None:
         """Turn accumulated sums into mean and whitening matrices.
 
         Positions are factorised ``chunk`` at a time so the float64 temporaries stay small
@@ -70,7 +70,7 @@ class PositionalGaussian(nn.Module):
     def fit(self, features: torch.Tensor) -> None:
         self.reset()
         self.update(features)
-        self.finalize()
+        self.finish()
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances (N, P) of features (N, D, P)."""
@@ -84,3 +84,7 @@ class PositionalGaussian(nn.Module):
         centered = (features.float().permute(2, 1, 0) - self.mean.unsqueeze(2)).contiguous()  # (P, D, N)
         whitened = torch.bmm(self.whitening, centered)  # (P, D, N)
         return whitened.square().sum(dim=1).clamp_min(0).sqrt().transpose(0, 1)  # (N, P)
+
+    def finalize(self, chunk: int = 512) -> None:
+        """Deprecated name of :meth:`finish` (streaming components use reset/update/finish)."""
+        self.finish(chunk)

@@ -42,7 +42,7 @@ class FeatureStandardizer(nn.Module):
         self._squares: torch.Tensor | None = None
         self._count = 0
 
-    def accumulate(self, samples: torch.Tensor) -> None:
+    def update(self, samples: torch.Tensor) -> None:
         """Add a batch of samples (M, *shape) to the running sums."""
         if tuple(samples.shape[1:]) != tuple(self.mean.shape):
             raise ValueError(
@@ -68,3 +68,7 @@ class FeatureStandardizer(nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return (samples.float() - self.mean) / self.std
+
+    def accumulate(self, samples: torch.Tensor) -> None:
+        """Deprecated name of :meth:`update` (streaming components use reset/update/finish)."""
+        self.update(samples)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adcore.batch import Batch
-from adcore.data.image_io import read_image, read_mask
+from adcore.data.image_io import ImageReadError, read_image, read_mask
 from adcore.protocols import InputSpec
 
 
@@ -42,18 +42,40 @@ class AnomalyDataset(Dataset):
         self.cache = cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
+    @classmethod
+    def from_folder(cls, folder: str | Path, input_spec: InputSpec, cache: bool = False) -> AnomalyDataset:
+        """Every image under ``folder`` (recursively), unlabelled: an auxiliary stream's images."""
+        from adcore.data.image_io import list_images
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: image folder does not exist")
+        records = [ImageRecord(p) for p in list_images(folder, recursive=True)]
+        if not records:
+            raise ValueError(f"{folder}: no images found")
+        return cls(records, input_spec, cache=cache)
+
+    def subset(self, indices: list[int]) -> AnomalyDataset:
+        """The same dataset restricted to some records (no decoded image is shared)."""
+        return AnomalyDataset([self.records[i] for i in indices], self.spec, self.has_masks, self.cache)
+
     def __len__(self) -> int:
         return len(self.records)
 
     def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         record = self.records[index]
         height, width = self.spec.image_size
-        image = read_image(record.path).resize((width, height), Image.BILINEAR)
+        original = read_image(record.path)
+        image = original.resize((width, height), Image.BILINEAR)
         pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # uint8 (3, H, W)
         mask = None
         if self.has_masks:
             if record.mask_path is not None:
-                mask_image = read_mask(record.mask_path).resize((width, height), Image.NEAREST)
+                mask_image = read_mask(record.mask_path)
+                if mask_image.size != original.size:  # stretching it would mark the wrong pixels
+                    (mw, mh), (iw, ih) = mask_image.size, original.size
+                    raise ImageReadError(f"mask {record.mask_path} is {mw}x{mh} but image {record.path} is {iw}x{ih}")
+                mask_image = mask_image.resize((width, height), Image.NEAREST)
                 mask = torch.from_numpy(np.asarray(mask_image) > 127).unsqueeze(0)
             else:
                 mask = torch.zeros(1, height, width, dtype=torch.bool)

@@ -30,6 +30,7 @@ def mvtec_records(root: str | Path, split: str) -> list[ImageRecord]:
                 continue
             mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
             if not mask.is_file():
-                raise FileNotFoundError(f"{path}: its ground-truth mask {mask} is missing")
+                problem = "is not a regular file" if mask.exists() else "is missing"
+                raise FileNotFoundError(f"{path}: its ground-truth mask {mask} {problem}")
             records.append(ImageRecord(path, label=1, mask_path=mask, defect_type=defect))
     return records

@@ -1,5 +1,5 @@
-"""CFA: Coupled-hypersphere-based Feature Adaptation (Lee, Lee and Song, IEEE Access 2022)."""
+"""CFA: Coupled-hypersphere-based Feature Adaptation (Lee, Lee and Song, IEEE Access 2022).
 
-from adcore_cfa.model import Cfa, CfaConfig
-
-__all__ = ["Cfa", "CfaConfig"]
+The detector lives in ``adcore_cfa.model``; the package imports nothing, so loading the entry
+point (``adcore_cfa.plugin``) imports no torch or model code.
+"""

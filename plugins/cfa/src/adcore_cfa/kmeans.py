@@ -8,7 +8,7 @@ torch generator, which the engine seeds, so the same seed gives the same bank.
 from __future__ import annotations
 
 import torch
-from adcore.components.nearest_neighbor import nearest_neighbors, squared_distances
+from adcore.components import nearest_neighbors, squared_distances
 
 
 def kmeans_plus_plus(points: torch.Tensor, n_clusters: int) -> torch.Tensor:

@@ -22,13 +22,20 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.anomaly_map import UpsampleBlurMap
-from adcore.components.nearest_neighbor import nearest_neighbors
-from adcore.config import to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    at_least,
+    create_feature_extractor,
+    distinct_levels,
+    non_negative,
+    to_int_tuple,
+    to_size,
+)
+from adcore.components import UpsampleBlurMap, nearest_neighbors
 
 from adcore_cfa.descriptor import PatchDescriptor
 from adcore_cfa.kmeans import kmeans
@@ -38,42 +45,30 @@ from adcore_cfa.kmeans import kmeans
 LOSS_SCALE = 1e3
 
 
-def _at_least(minimum: float):
-    def check(instance, attribute, value) -> None:
-        if value < minimum:
-            raise ValueError(f"cfa: {attribute.name} must be >= {minimum}, got {value}")
-
-    return check
-
-
 @attrs.define
 class CfaConfig:
     backbone: str = "tf_efficientnet_lite0"
     #: Levels 2 and 3 (strides 8 and 16): a 32x32 grid at 256 px. Adding level 1 (stride 4)
     #: makes a 64x64 grid, whose bank of 4096 centroids costs 16x more per search.
-    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple)
+    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple, validator=distinct_levels)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
     weights: str = "auto"
     #: Memory-bank compression: k-means to (positions / gamma_c) centroids when > 1.
-    gamma_c: int = attrs.field(default=1, validator=_at_least(1))
+    gamma_c: int = attrs.field(default=1, validator=at_least(1))
     #: Descriptor compression: target-oriented features have channels / gamma_d channels.
-    gamma_d: int = attrs.field(default=1, validator=_at_least(1))
+    gamma_d: int = attrs.field(default=1, validator=at_least(1))
     #: K: centroids each patch feature is attracted to (and the scores' softmin runs over).
-    num_nearest_neighbors: int = attrs.field(default=3, validator=_at_least(1))
+    num_neighbors: int = attrs.field(default=3, validator=at_least(1))
     #: J: the next nearest centroids, repelled as hard negatives (0: attraction only).
-    num_hard_negative_features: int = attrs.field(default=3, validator=_at_least(0))
+    num_hard_negative_features: int = attrs.field(default=3, validator=non_negative)
     #: r: radius of the hyperspheres around the centroids.
-    radius: float = attrs.field(default=1e-5, validator=_at_least(0.0))
+    radius: float = attrs.field(default=1e-5, validator=non_negative)
     #: alpha: margin of the repulsion term.
-    alpha: float = attrs.field(default=0.1, validator=_at_least(0.0))
-    epochs: int = attrs.field(default=10, validator=_at_least(0))
-    learning_rate: float = attrs.field(default=1e-3, validator=_at_least(0.0))
-    weight_decay: float = attrs.field(default=5e-4, validator=_at_least(0.0))
-    blur_sigma: float = attrs.field(default=4.0, validator=_at_least(0.0))
-
-    def __attrs_post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("cfa: layers must name at least one backbone level")
+    alpha: float = attrs.field(default=0.1, validator=non_negative)
+    epochs: int = attrs.field(default=10, validator=non_negative)
+    learning_rate: float = attrs.field(default=1e-3, validator=non_negative)
+    weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
+    blur_sigma: float = attrs.field(default=4.0, validator=non_negative)
 
 
 class Cfa(AnomalyDetector):
@@ -85,8 +80,8 @@ class Cfa(AnomalyDetector):
         cfg = self.config
         self.feature_extractor = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights, frozen=True)
         in_channels = sum(self.feature_extractor.channels)
-        if cfg.gamma_d > in_channels:
-            raise ValueError(f"cfa: gamma_d={cfg.gamma_d} exceeds the {in_channels} channels of layers {cfg.layers}")
+        if cfg.gamma_d > in_channels:  # create_detector prefixes the message with "cfa: "
+            raise ValueError(f"gamma_d={cfg.gamma_d} exceeds the {in_channels} channels of layers {cfg.layers}")
         self.descriptor = PatchDescriptor(in_channels, in_channels // cfg.gamma_d)
         # Centroids (M, D); M is set by the training data's feature grid at fit time.
         self.register_buffer("memory_bank", torch.empty(0, in_channels // cfg.gamma_d))
@@ -95,12 +90,8 @@ class Cfa(AnomalyDetector):
         self._centroid_count = 0
 
     @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.feature_extractor.mean, self.feature_extractor.std)
-
-    @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs, initial_pass=True)
+        return TrainingSpec.gradient(self, epochs=self.config.epochs, initial_pass=True)
 
     # -- steps 1-2: target-oriented features ------------------------------------------------
     def frozen_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -131,7 +122,7 @@ class Cfa(AnomalyDetector):
         self._centroid_sum = None
         if cfg.gamma_c > 1:
             centroids = kmeans(centroids, max(1, centroids.shape[0] // cfg.gamma_c))
-        needed = cfg.num_nearest_neighbors + cfg.num_hard_negative_features
+        needed = cfg.num_neighbors + cfg.num_hard_negative_features
         if centroids.shape[0] < needed:
             raise ValueError(
                 f"cfa: the memory bank has {centroids.shape[0]} centroids, fewer than K + J = {needed}; "
@@ -140,7 +131,7 @@ class Cfa(AnomalyDetector):
         self.memory_bank = centroids
 
     # -- step 4: coupled-hypersphere adaptation ---------------------------------------------
-    def configure_optimizer(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self, budget: Budget) -> torch.optim.Optimizer:
         cfg = self.config
         return torch.optim.AdamW(
             self.descriptor.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, amsgrad=True
@@ -154,7 +145,7 @@ class Cfa(AnomalyDetector):
     def coupled_hypersphere_loss(self, features: torch.Tensor) -> torch.Tensor:
         """Attraction to the K nearest centroids plus repulsion of the next J, features (Q, D)."""
         cfg = self.config
-        k, j = cfg.num_nearest_neighbors, cfg.num_hard_negative_features
+        k, j = cfg.num_neighbors, cfg.num_hard_negative_features
         with torch.no_grad():
             _, index = nearest_neighbors(features.detach(), self.memory_bank, k=k + j)
         # Squared distances to the selected centroids, differentiable w.r.t. the features.
@@ -171,13 +162,11 @@ class Cfa(AnomalyDetector):
 
     # -- step 5: scoring -------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         features = self.target_features(images)
         n, d, h, w = features.shape
         with torch.autocast(device_type=images.device.type, enabled=False):
             queries = features.float().permute(0, 2, 3, 1).reshape(-1, d)
-            distances, _ = nearest_neighbors(queries, self.memory_bank.float(), k=self.config.num_nearest_neighbors)
+            distances, _ = nearest_neighbors(queries, self.memory_bank.float(), k=self.config.num_neighbors)
             patch_scores = F.softmin(distances, dim=1)[:, 0] * distances[:, 0]
             anomaly_map = self.anomaly_map(patch_scores.view(n, 1, h, w), images.shape[-2:])
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)

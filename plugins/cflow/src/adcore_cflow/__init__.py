@@ -1,5 +1,5 @@
-"""CFlow: real-time unsupervised anomaly detection with conditional normalizing flows (Gudovskiy et al., WACV 2022)."""
+"""CFlow: real-time unsupervised anomaly detection with conditional normalizing flows (Gudovskiy et al., WACV 2022).
 
-from adcore_cflow.model import Cflow, CflowConfig
-
-__all__ = ["Cflow", "CflowConfig"]
+The detector lives in ``adcore_cflow.model``; the package imports nothing, so loading the entry
+point (``adcore_cflow.plugin``) imports no torch or model code.
+"""

@@ -10,9 +10,10 @@
    reference below cancels, but the flows start at the data's scale and converge in a
    few CPU epochs instead of spending them learning the features' magnitude.
 2. Decoders: one conditional normalizing flow per scale (``coupling_blocks`` FrEIA
-   all-in-one affine couplings with fully connected subnets and clamped scales). Each
-   feature vector is decoded *independently*, conditioned on a 2-D sinusoidal encoding of
-   its position (``condition_vector`` channels), into a standard normal.
+   all-in-one affine couplings with fully connected subnets and scales soft-clamped by
+   ``affine_clamp``). Each feature vector is decoded *independently*, conditioned on a
+   2-D sinusoidal encoding of its position (``condition_vector`` channels), into a
+   standard normal.
 3. Training: maximum likelihood on *fiber batches*: every step draws a random subset of
    the image batch's positions (feature vectors with their position codes), decodes it
    and minimises ``-log sigmoid(log p(x))`` with ``log p`` per dimension (the paper's
@@ -35,19 +36,27 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.flow import (
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    create_feature_extractor,
+    distinct_levels,
+    one_of,
+    positive,
+    to_int_tuple,
+    to_size,
+)
+from adcore.components import (
+    FeatureStandardizer,
     all_in_one_flow,
     gaussian_log_likelihood,
     log_likelihood_to_anomaly_map,
     mlp_subnet,
     positional_encoding_2d,
 )
-from adcore.components.standardize import FeatureStandardizer
-from adcore.config import positive, to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
 from torch import nn
 
 #: "freia-cflow": decoders conditioned on the position code (the method); "freia-flow":
@@ -55,32 +64,25 @@ from torch import nn
 DECODERS = ("freia-cflow", "freia-flow")
 
 
-def _check_layers(instance, attribute, value) -> None:
-    if not value:
-        raise ValueError("cflow: layers must name at least one encoder stage")
-    if len(set(value)) != len(value):
-        raise ValueError(f"cflow: layers must be distinct, got {value}")
-
-
 def _check_condition_vector(instance, attribute, value) -> None:
     if value <= 0 or value % 4:
         raise ValueError(
-            f"cflow: condition_vector must be a positive multiple of 4 (sin/cos of rows and columns), got {value}"
+            f"{attribute.name} must be a positive multiple of 4 (sin/cos of rows and columns), got {value}"
         )
 
 
 @attrs.define
 class CflowConfig:
     backbone: str = "tf_efficientnet_lite0"
-    layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple, validator=_check_layers)
+    layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple, validator=distinct_levels)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    decoder: str = attrs.field(default="freia-cflow", validator=attrs.validators.in_(DECODERS))
+    decoder: str = attrs.field(default="freia-cflow", validator=one_of(*DECODERS))
     condition_vector: int = attrs.field(default=128, validator=_check_condition_vector)
     coupling_blocks: int = attrs.field(default=8, validator=positive)
-    clamp_alpha: float = attrs.field(default=1.9, validator=positive)
+    affine_clamp: float = attrs.field(default=1.9, validator=positive)
     fiber_batch_size: int = attrs.field(default=4096, validator=positive)
     permute_soft: bool = False
-    lr: float = attrs.field(default=2e-3, validator=positive)
+    learning_rate: float = attrs.field(default=2e-3, validator=positive)
     epochs: int = attrs.field(default=2, validator=positive)
     weights: str = "auto"
 
@@ -100,7 +102,7 @@ class Cflow(AnomalyDetector):
                 (channels,),
                 cfg.coupling_blocks,
                 mlp_subnet(2.0),
-                cfg.clamp_alpha,
+                cfg.affine_clamp,
                 condition_dims=condition,
                 permute_soft=cfg.permute_soft,
             )
@@ -113,15 +115,11 @@ class Cflow(AnomalyDetector):
         self.register_buffer("reference_log_likelihood", torch.zeros(len(cfg.layers)))
 
     @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.encoder.mean, self.encoder.std)
-
-    @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs, initial_pass=True)
+        return TrainingSpec.gradient(self, epochs=self.config.epochs, initial_pass=True)
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.decoders.parameters(), lr=self.config.lr)
+    def configure_optimizers(self, budget: Budget) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.decoders.parameters(), lr=self.config.learning_rate)
 
     # -- the decoders over feature vectors ---------------------------------------------
     def _log_likelihood(
@@ -159,7 +157,7 @@ class Cflow(AnomalyDetector):
     def initial_pass_batch(self, batch: Batch) -> None:
         # Encodes (and caches) every training image once, measuring the channel statistics.
         for feature, standardize in zip(self.training_features(batch), self.standardizers):
-            standardize.accumulate(feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1]))
+            standardize.update(feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1]))
 
     def initial_pass_end(self) -> None:
         for standardize in self.standardizers:
@@ -199,8 +197,6 @@ class Cflow(AnomalyDetector):
 
     # -- inference -----------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         log_likelihoods = []
         for scale, feature in enumerate(self.encoder(images)):
             n, channels, height, width = feature.shape
@@ -211,4 +207,4 @@ class Cflow(AnomalyDetector):
         # "probability" mode gives -exp(log p - reference) per scale, summed over scales.
         likelihood = log_likelihood_to_anomaly_map(log_likelihoods, images.shape[-2:], mode="probability", fusion="sum")
         anomaly_map = len(log_likelihoods) + likelihood
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)

@@ -1,5 +1,5 @@
-"""CS-Flow: fully convolutional cross-scale normalizing flows (Rudolph et al., WACV 2022)."""
+"""CS-Flow: fully convolutional cross-scale normalizing flows (Rudolph et al., WACV 2022).
 
-from adcore_csflow.model import AnomalyMapMode, CsFlow, CsFlowConfig
-
-__all__ = ["AnomalyMapMode", "CsFlow", "CsFlowConfig"]
+The detector lives in ``adcore_csflow.model``; the package imports nothing, so loading the entry
+point (``adcore_csflow.plugin``) imports no torch or model code.
+"""

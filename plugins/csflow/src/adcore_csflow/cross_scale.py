@@ -15,7 +15,7 @@ import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
 import torch.nn.functional as F
-from adcore.components.flow import StableGraphINN
+from adcore.components import StableGraphINN
 from torch import nn
 
 #: The paper's flow works on exactly three scales (s, s/2, s/4).
@@ -75,8 +75,8 @@ class CrossScaleCoupling(Fm.InvertibleModule):
 
     Forward: y1 = x1 * exp(s(x2)) + t(x2), then y2 = x2 * exp(s(y1)) + t(y1), where s and
     t come from :class:`CrossConvolutions` over all scales of the conditioning half. The
-    log-scale is soft-clamped, ``clamp * 2/pi * atan(s / clamp)``, so it stays in
-    (-clamp, clamp) and training cannot blow up.
+    log-scale is soft-clamped, ``affine_clamp * 2/pi * atan(s / affine_clamp)``, so it stays in
+    (-affine_clamp, affine_clamp) and training cannot blow up.
     """
 
     def __init__(
@@ -85,7 +85,7 @@ class CrossScaleCoupling(Fm.InvertibleModule):
         dims_c=None,
         hidden_channels: int = 1024,
         kernel_size: int = 3,
-        clamp: float = 3.0,
+        affine_clamp: float = 3.0,
         leaky_slope: float = 0.1,
     ) -> None:
         super().__init__(dims_in, dims_c)
@@ -96,7 +96,7 @@ class CrossScaleCoupling(Fm.InvertibleModule):
             raise ValueError(f"CrossScaleCoupling needs at least 2 channels to split, got {channels}")
         self.split1 = channels // 2
         self.split2 = channels - self.split1
-        self.clamp = clamp
+        self.affine_clamp = affine_clamp
         self.subnet1 = CrossConvolutions(self.split1, 2 * self.split2, hidden_channels, kernel_size, leaky_slope)
         self.subnet2 = CrossConvolutions(self.split2, 2 * self.split1, hidden_channels, kernel_size, leaky_slope)
 
@@ -104,7 +104,7 @@ class CrossScaleCoupling(Fm.InvertibleModule):
         return input_dims
 
     def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.clamp * (2 / math.pi) * torch.atan(raw / self.clamp)
+        return self.affine_clamp * (2 / math.pi) * torch.atan(raw / self.affine_clamp)
 
     def _affine(self, subnet: CrossConvolutions, condition: list[torch.Tensor], target: list[torch.Tensor], rev: bool):
         """Transform ``target`` (one tensor per scale) with scales and shifts computed from ``condition``."""
@@ -132,24 +132,24 @@ class CrossScaleCoupling(Fm.InvertibleModule):
 
 def cross_scale_flow(
     dims: Sequence[Sequence[int]],
-    n_coupling_blocks: int,
+    coupling_blocks: int,
     hidden_channels: int,
-    clamp: float,
+    affine_clamp: float,
     kernel_sizes: Sequence[int],
 ) -> StableGraphINN:
-    """The paper's flow: ``n_coupling_blocks`` x (a fixed random channel permutation per scale, one cross-scale coupling).
+    """The paper's flow: ``coupling_blocks`` x (a fixed random channel permutation per scale, one cross-scale coupling).
 
     ``dims`` are the (C, h, w) of the three scales. The permutations come from NumPy's
     global generator (seeded by adcore) and are stored in the state dict.
     """
     nodes: list[Ff.Node] = [Ff.InputNode(*shape, name=f"scale{k}") for k, shape in enumerate(dims)]
     previous = [node.out0 for node in nodes]
-    for block, kernel_size in zip(range(n_coupling_blocks), kernel_sizes):
+    for block, kernel_size in zip(range(coupling_blocks), kernel_sizes):
         permutes = [Ff.Node(previous[k], Fm.PermuteRandom, {}, name=f"permute{block}_{k}") for k in range(N_SCALES)]
         coupling = Ff.Node(
             [p.out0 for p in permutes],
             CrossScaleCoupling,
-            {"hidden_channels": hidden_channels, "kernel_size": kernel_size, "clamp": clamp},
+            {"hidden_channels": hidden_channels, "kernel_size": kernel_size, "affine_clamp": affine_clamp},
             name=f"coupling{block}",
         )
         nodes += [*permutes, coupling]

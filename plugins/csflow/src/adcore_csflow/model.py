@@ -5,11 +5,11 @@
    tf_efficientnet_lite0 by default), giving maps of sizes s, s/2 and s/4 with the same
    channels. The encoder is frozen and images are not augmented, so the features are
    computed once and cached across epochs.
-2. Cross-scale flow: ``n_coupling_blocks`` x (fixed random channel permutation per scale,
+2. Cross-scale flow: ``coupling_blocks`` x (fixed random channel permutation per scale,
    affine coupling over the three scales jointly). Each coupling's subnet is a
    cross-scale convolution block (per-scale 3x3 convolutions plus strided and upsampled
    convolutions from the neighbouring scales, leaky ReLU; the last block uses 5x5), with
-   soft-clamped log-scales (``clamp``).
+   soft-clamped log-scales (``affine_clamp``).
 3. Training: maximum likelihood of the features under a standard normal in z,
    i.e. mean(||z||^2 / 2 - log|det J|) per dimension, with Adam and gradient clipping.
 4. Image score: the mean of z^2 / 2 over every position, channel and scale (the paper's
@@ -26,12 +26,18 @@ import enum
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.flow import flow_nll_loss
-from adcore.config import non_negative, positive, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    create_feature_extractor,
+    non_negative,
+    positive,
+    to_size,
+)
+from adcore.components import flow_nll_loss
 
 from adcore_csflow.cross_scale import N_SCALES, cross_scale_flow
 
@@ -43,9 +49,10 @@ class AnomalyMapMode(str, enum.Enum):
     MAX = "max"  # the largest scale only (the paper's localisation)
 
 
-def _image_size(instance, attribute, value) -> None:
+def _image_size(_instance, attribute, value) -> None:
+    # The core has no validator for a minimum image size (a tuple); the core prefixes "csflow: ".
     if min(value) < 32:
-        raise ValueError(f"csflow: image_size must be at least 32 px per side (three scales of features), got {value}")
+        raise ValueError(f"{attribute.name} must be at least 32 px per side (three scales of features), got {value}")
 
 
 @attrs.define
@@ -56,12 +63,12 @@ class CsFlowConfig:
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=_image_size)
     #: Hidden channels of each cross-scale convolution (anomalib: 1024; 64 keeps an epoch CPU-affordable).
     cross_conv_hidden_channels: int = attrs.field(default=64, converter=int, validator=positive)
-    n_coupling_blocks: int = attrs.field(default=4, converter=int, validator=positive)
+    coupling_blocks: int = attrs.field(default=4, converter=int, validator=positive)
     #: Soft clamp of the affine log-scales.
-    clamp: float = attrs.field(default=3.0, converter=float, validator=positive)
+    affine_clamp: float = attrs.field(default=3.0, converter=float, validator=positive)
     epochs: int = attrs.field(default=8, converter=int, validator=positive)
     #: Adam learning rate (anomalib: 2e-4 for 240 epochs; 2e-3 converges in a few epochs here).
-    lr: float = attrs.field(default=2e-3, converter=float, validator=positive)
+    learning_rate: float = attrs.field(default=2e-3, converter=float, validator=positive)
     eps: float = attrs.field(default=1e-4, converter=float, validator=positive)
     weight_decay: float = attrs.field(default=1e-5, converter=float, validator=non_negative)
     gradient_clip_norm: float = attrs.field(default=1.0, converter=float, validator=positive)
@@ -82,20 +89,14 @@ class CsFlow(AnomalyDetector):
         with torch.no_grad():
             dims = [tuple(f.shape[1:]) for f in self.multi_scale_features(torch.zeros(1, 3, *cfg.image_size))]
         # The last coupling uses 5x5 kernels for a wider receptive field (as the reference code).
-        kernel_sizes = [3] * (cfg.n_coupling_blocks - 1) + [5]
+        kernel_sizes = [3] * (cfg.coupling_blocks - 1) + [5]
         self.flow = cross_scale_flow(
-            dims, cfg.n_coupling_blocks, cfg.cross_conv_hidden_channels, cfg.clamp, kernel_sizes
+            dims, cfg.coupling_blocks, cfg.cross_conv_hidden_channels, cfg.affine_clamp, kernel_sizes
         )
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.encoder.mean, self.encoder.std)
 
     @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(
-            kind=TrainingKind.GRADIENT, epochs=self.config.epochs, gradient_clip_norm=self.config.gradient_clip_norm
-        )
+        return TrainingSpec.gradient(self, epochs=self.config.epochs, gradient_clip_norm=self.config.gradient_clip_norm)
 
     # -- step 1: the same encoder layer at three image resolutions ----------------------------
     def multi_scale_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -116,10 +117,12 @@ class CsFlow(AnomalyDetector):
         return self.multi_scale_features(images)
 
     # -- steps 2-3: the flow, trained by maximum likelihood -----------------------------------
-    def configure_optimizer(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self, budget: Budget) -> torch.optim.Optimizer:
         cfg = self.config
         trainable = [p for p in self.flow.parameters() if p.requires_grad]  # permutations are fixed
-        return torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.5, 0.9), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(
+            trainable, lr=cfg.learning_rate, betas=(0.5, 0.9), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         features = self.training_features(batch)
@@ -139,8 +142,6 @@ class CsFlow(AnomalyDetector):
         return torch.stack(maps).prod(dim=0)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         z, _ = self.flow(self.multi_scale_features(images), jac=False)
         z = [scale.float() for scale in z]
         pred_score = 0.5 * torch.cat([scale.flatten(1) for scale in z], dim=1).square().mean(dim=1)

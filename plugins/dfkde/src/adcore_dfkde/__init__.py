@@ -1,5 +1,5 @@
-"""DFKDE: Deep Feature Kernel Density Estimation (anomalib's DFKDE)."""
+"""DFKDE: Deep Feature Kernel Density Estimation (anomalib"s DFKDE).
 
-from adcore_dfkde.model import Dfkde, DfkdeConfig
-
-__all__ = ["Dfkde", "DfkdeConfig"]
+The detector lives in ``adcore_dfkde.model``; the package imports nothing, so loading the entry
+point (``adcore_dfkde.plugin``) imports no torch or model code.
+"""

@@ -22,13 +22,8 @@ import warnings
 
 import attrs
 import torch
-from adcore.batch import Batch
-from adcore.components.kde import GaussianKDE
-from adcore.components.pca import PCA
-from adcore.components.pooling import PooledFeatures
-from adcore.config import positive, to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
+from adcore import AnomalyDetector, Batch, DetectorOutput, one_of, positive, to_int_tuple, to_size
+from adcore.components import PCA, GaussianKDE, PooledFeatures
 
 FEATURE_SCALING_METHODS = ("scale", "norm")
 
@@ -39,16 +34,11 @@ class DfkdeConfig:
     layers: tuple[int, ...] = attrs.field(default=(4,), converter=to_int_tuple)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
     n_pca_components: int = attrs.field(default=16, converter=int, validator=positive)
-    feature_scaling_method: str = attrs.field(default="scale")
+    feature_scaling_method: str = attrs.field(default="scale", validator=one_of(*FEATURE_SCALING_METHODS))
     max_training_points: int = attrs.field(default=40000, converter=int, validator=positive)
     threshold_steepness: float = attrs.field(default=0.05, converter=float, validator=positive)
     threshold_offset: float = attrs.field(default=12.0, converter=float)
     weights: str = "auto"
-
-    @feature_scaling_method.validator
-    def _check_scaling(self, attribute, value) -> None:
-        if value not in FEATURE_SCALING_METHODS:
-            raise ValueError(f"dfkde: feature_scaling_method must be one of {FEATURE_SCALING_METHODS}, got {value!r}")
 
 
 class Dfkde(AnomalyDetector):
@@ -63,10 +53,6 @@ class Dfkde(AnomalyDetector):
         self.kde = GaussianKDE()
         self.register_buffer("max_length", torch.ones(()))
         self._train_features: list[torch.Tensor] = []
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.features.mean, self.features.std)
 
     def scale(self, projections: torch.Tensor) -> torch.Tensor:
         """Step 3: bring projections to the scale the density was fitted at."""
@@ -107,8 +93,6 @@ class Dfkde(AnomalyDetector):
         self.kde.fit(self.scale(projections))
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         projections = self.pca.transform(self.features.global_vector(images))
         score = self.to_probability(self.kde.log_density(self.scale(projections)))
         # No localisation in this method: the map is the image score everywhere.

@@ -1,5 +1,5 @@
-"""DFM: Deep Feature Modeling (Ahuja et al. 2019)."""
+"""DFM: Deep Feature Modeling (Ahuja et al. 2019).
 
-from adcore_dfm.model import Dfm, DfmConfig
-
-__all__ = ["Dfm", "DfmConfig"]
+The detector lives in ``adcore_dfm.model``; the package imports nothing, so loading the entry
+point (``adcore_dfm.plugin``) imports no torch or model code.
+"""

@@ -21,14 +21,8 @@ from __future__ import annotations
 
 import attrs
 import torch
-from adcore.batch import Batch
-from adcore.components.anomaly_map import UpsampleBlurMap
-from adcore.components.multivariate_gaussian import MultivariateGaussian
-from adcore.components.pca import PCA
-from adcore.components.pooling import PooledFeatures
-from adcore.config import to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
+from adcore import AnomalyDetector, Batch, DetectorOutput, at_least, one_of, to_size
+from adcore.components import PCA, MultivariateGaussian, PooledFeatures, UpsampleBlurMap
 
 SCORE_TYPES = ("fre", "nll")
 # The projections' covariance is diagonal with the kept (>= 3 % of the variance-level)
@@ -42,32 +36,23 @@ def _to_pca_level(value) -> int | float:
     return int(number) if number >= 1 and number.is_integer() else number
 
 
+def _pca_level(_instance, attribute, value) -> None:
+    """A variance fraction in (0, 1) or a component count >= 1 (the converter makes counts ints)."""
+    if isinstance(value, float) and not 0 < value < 1:
+        raise ValueError(
+            f"{attribute.name} must be a variance fraction in (0, 1) or a component count >= 1, got {value}"
+        )
+
+
 @attrs.define
 class DfmConfig:
     backbone: str = "tf_efficientnet_lite0"
     layer: int = attrs.field(default=3, converter=int)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    pooling_kernel_size: int = attrs.field(default=2, converter=int)
-    pca_level: int | float = attrs.field(default=0.97, converter=_to_pca_level)
-    score_type: str = attrs.field(default="fre")
+    pooling_kernel_size: int = attrs.field(default=2, converter=int, validator=at_least(1))
+    pca_level: int | float = attrs.field(default=0.97, converter=_to_pca_level, validator=_pca_level)
+    score_type: str = attrs.field(default="fre", validator=one_of(*SCORE_TYPES))
     weights: str = "auto"
-
-    @pooling_kernel_size.validator
-    def _check_kernel(self, attribute, value) -> None:
-        if value < 1:
-            raise ValueError(f"dfm: pooling_kernel_size must be >= 1, got {value}")
-
-    @pca_level.validator
-    def _check_level(self, attribute, value) -> None:
-        if isinstance(value, float) and not 0 < value < 1:
-            raise ValueError(
-                f"dfm: pca_level must be a variance fraction in (0, 1) or a component count >= 1, got {value}"
-            )
-
-    @score_type.validator
-    def _check_score(self, attribute, value) -> None:
-        if value not in SCORE_TYPES:
-            raise ValueError(f"dfm: score_type must be one of {SCORE_TYPES}, got {value!r}")
 
 
 class Dfm(AnomalyDetector):
@@ -84,10 +69,6 @@ class Dfm(AnomalyDetector):
         self.gaussian = MultivariateGaussian(GAUSSIAN_REGULARIZATION)
         self.anomaly_map = UpsampleBlurMap(sigma=0.0)  # DFM does not smooth its map
         self._train_features: list[torch.Tensor] = []
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.features.mean, self.features.std)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Step 1: pooled feature maps (N, C, h, w); flattened, they are the modelled vectors."""
@@ -107,8 +88,6 @@ class Dfm(AnomalyDetector):
             self.gaussian.fit(self.pca.transform(features))
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         embedding = self.embed(images)
         vectors = embedding.flatten(1)
         projections = self.pca.transform(vectors)

@@ -1,5 +1,5 @@
-"""FastFlow: unsupervised anomaly detection with 2-D normalizing flows (Yu et al., 2021)."""
+"""FastFlow: unsupervised anomaly detection with 2-D normalizing flows (Yu et al., 2021).
 
-from adcore_fastflow.model import Fastflow, FastflowConfig
-
-__all__ = ["Fastflow", "FastflowConfig"]
+The detector lives in ``adcore_fastflow.model``; the package imports nothing, so loading the entry
+point (``adcore_fastflow.plugin``) imports no torch or model code.
+"""

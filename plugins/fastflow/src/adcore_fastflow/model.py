@@ -5,7 +5,7 @@ via 2D Normalizing Flows"), step by step as in the paper.
    scales (its features are computed once and cached across epochs: the images are not
    augmented).
 2. Each scale is normalised by a LayerNorm over (C, H, W) (the paper's choice for CNN
-   encoders), then mapped by its own 2-D normalizing flow: ``flow_steps`` affine coupling
+   encoders), then mapped by its own 2-D normalizing flow: ``coupling_blocks`` affine coupling
    blocks whose subnets are small convolutional networks, alternating 3x3 and 1x1 kernels
    (``conv3x3_only=True``: all 3x3). The flows keep the feature maps' spatial layout, so
    every position gets its own likelihood.
@@ -27,41 +27,40 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.blur import gaussian_blur
-from adcore.components.flow import (
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    create_feature_extractor,
+    distinct_levels,
+    non_negative,
+    one_of,
+    positive,
+    to_bool,
+    to_int_tuple,
+    to_size,
+)
+from adcore.components import (
+    FeatureStandardizer,
     all_in_one_flow,
     conv_subnet,
     flow_nll_loss,
+    gaussian_blur,
     gaussian_log_likelihood,
     log_likelihood_to_anomaly_map,
 )
-from adcore.components.standardize import FeatureStandardizer
-from adcore.config import non_negative, positive, to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
 from torch import nn
 
 
-def _check_layers(_instance, _attribute, value: tuple[int, ...]) -> None:
-    if not value:
-        raise ValueError("fastflow: layers must name at least one backbone stage")
-    if len(set(value)) != len(value) or any(i < 0 for i in value):
-        raise ValueError(f"fastflow: layers must be distinct non-negative stage indices, got {value}")
-
-
-def _check_size(_instance, _attribute, value: tuple[int, int]) -> None:
+def _check_size(_instance, attribute, value: tuple[int, int]) -> None:
+    # The core has no validator for a minimum image size (a tuple); the core prefixes "fastflow: ".
     if min(value) < 32:
-        raise ValueError(f"fastflow: image_size must be at least 32 pixels per side, got {value}")
+        raise ValueError(f"{attribute.name} must be at least 32 pixels per side, got {value}")
 
 
 NORM_INITS = ("data", "identity")
-
-
-def _check_bool(_instance, attribute, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"fastflow: {attribute.name} must be true or false, got {value!r}")  # noqa: TRY004 (config errors are ValueErrors)
 
 
 @attrs.define
@@ -70,22 +69,22 @@ class FastflowConfig:
     #: Stages of the backbone (timm feature indices); each gets its own LayerNorm and flow.
     #: For tf_efficientnet_lite0, (2, 3, 4) are strides 8, 16, 32: on bottle they reach a
     #: higher image AUROC in fewer epochs than the stride 4-16 stages (1, 2, 3).
-    layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple, validator=_check_layers)
+    layers: tuple[int, ...] = attrs.field(default=(2, 3, 4), converter=to_int_tuple, validator=distinct_levels)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=_check_size)
     #: Coupling blocks per flow (8 in the paper for CNN encoders).
-    flow_steps: int = attrs.field(default=8, converter=int, validator=positive)
+    coupling_blocks: int = attrs.field(default=8, converter=int, validator=positive)
     #: All subnets 3x3 instead of alternating 3x3 / 1x1.
-    conv3x3_only: bool = attrs.field(default=False, validator=_check_bool)
+    conv3x3_only: bool = attrs.field(default=False, converter=to_bool)
     #: Hidden channels of a subnet relative to its input channels.
     hidden_ratio: float = attrs.field(default=1.0, converter=float, validator=positive)
     #: Soft clamp of the affine scales' exponent (keeps training stable).
     affine_clamp: float = attrs.field(default=2.0, converter=float, validator=positive)
     #: How the LayerNorms' affine starts: "data" (per-position statistics of the training
     #: features) or "identity" (the paper's 1 and 0).
-    norm_init: str = attrs.field(default="data", validator=attrs.validators.in_(NORM_INITS))
+    norm_init: str = attrs.field(default="data", validator=one_of(*NORM_INITS))
     #: The paper's 1e-3 with 500 GPU epochs; on bottle (lite0) the data-initialised flows
     #: localise best near the start, and 1e-3 moves away from it within 2-3 epochs.
-    lr: float = attrs.field(default=2e-4, converter=float, validator=positive)
+    learning_rate: float = attrs.field(default=2e-4, converter=float, validator=positive)
     weight_decay: float = attrs.field(default=1e-5, converter=float, validator=non_negative)
     #: The paper trains 500 epochs on a GPU; 6 on a CPU (about 30 s on bottle).
     epochs: int = attrs.field(default=6, converter=int, validator=positive)
@@ -120,24 +119,18 @@ class Fastflow(AnomalyDetector):
         self.norms = nn.ModuleList(nn.LayerNorm(list(shape), elementwise_affine=True) for shape in shapes)
         subnet = _subnet_for_block(cfg.conv3x3_only, cfg.hidden_ratio)
         self.flows = nn.ModuleList(
-            all_in_one_flow(shape, cfg.flow_steps, subnet, affine_clamping=cfg.affine_clamp, per_block=True)
+            all_in_one_flow(shape, cfg.coupling_blocks, subnet, affine_clamping=cfg.affine_clamp, per_block=True)
             for shape in shapes
         )
         self._norm_statistics: list[FeatureStandardizer] | None = None  # only during fit
 
     @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.encoder.mean, self.encoder.std)
-
-    @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(
-            kind=TrainingKind.GRADIENT, epochs=self.config.epochs, initial_pass=self.config.norm_init == "data"
-        )
+        return TrainingSpec.gradient(self, epochs=self.config.epochs, initial_pass=self.config.norm_init == "data")
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self, budget: Budget) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(trainable, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     def check_images(self, images: torch.Tensor) -> None:
         super().check_images(images)
@@ -173,7 +166,7 @@ class Fastflow(AnomalyDetector):
     def initial_pass_batch(self, batch: Batch) -> None:
         # Step 2's data-dependent start: statistics of the LayerNorm-ed features per position.
         for feature, norm, statistics in zip(self.training_features(batch), self.norms, self._norm_statistics):
-            statistics.accumulate(F.layer_norm(feature.float().contiguous(), norm.normalized_shape))
+            statistics.update(F.layer_norm(feature.float().contiguous(), norm.normalized_shape))
 
     def initial_pass_end(self) -> None:
         with torch.no_grad():
@@ -193,8 +186,6 @@ class Fastflow(AnomalyDetector):
         return sum(flow_nll_loss([z], log_jac_det) for z, log_jac_det in zip(outputs, log_jac_dets))
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         outputs, _ = self.flow_outputs(self.encoder(images))
         # Step 4: per-position likelihood of the flow output (mean over channels), as the paper.
         log_likelihoods = [gaussian_log_likelihood(z) for z in outputs]
@@ -202,4 +193,4 @@ class Fastflow(AnomalyDetector):
             log_likelihoods, images.shape[-2:], mode="probability", fusion="mean"
         )
         anomaly_map = gaussian_blur(anomaly_map, self.config.blur_sigma)
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)

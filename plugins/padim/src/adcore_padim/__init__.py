@@ -1,5 +1,5 @@
-"""PaDiM: Patch Distribution Modeling (Defard et al., ICPR 2020)."""
+"""PaDiM: Patch Distribution Modeling (Defard et al., ICPR 2020).
 
-from adcore_padim.model import Padim, PadimConfig
-
-__all__ = ["Padim", "PadimConfig"]
+The detector lives in ``adcore_padim.model``; the package imports nothing, so loading the entry
+point (``adcore_padim.plugin``) imports no torch or model code.
+"""

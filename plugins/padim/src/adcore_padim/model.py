@@ -2,6 +2,7 @@
 
 1. Embed each patch: concatenate feature maps of several backbone stages, upsampled to
    the finest one, and keep a fixed random subset of channels (the paper's reduction).
+   The subset is drawn from the run's seed (``create_detector(name, seed=...)``).
 2. Fit one multivariate Gaussian per patch position over all training images.
 3. Score a patch by its Mahalanobis distance to its position's Gaussian; upsample the
    distance map to the image and smooth it with a Gaussian (sigma 4). The image score is
@@ -13,13 +14,8 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.anomaly_map import UpsampleBlurMap
-from adcore.components.gaussian import PositionalGaussian
-from adcore.config import to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
+from adcore import AnomalyDetector, Batch, DetectorOutput, create_feature_extractor, to_int_tuple, to_size
+from adcore.components import PositionalGaussian, UpsampleBlurMap
 
 
 @attrs.define
@@ -31,7 +27,6 @@ class PadimConfig:
     blur_sigma: float = 4.0
     regularization: float = 0.01
     weights: str = "auto"
-    seed: int = 0  # picks the random channel subset
 
 
 class Padim(AnomalyDetector):
@@ -46,14 +41,11 @@ class Padim(AnomalyDetector):
         keep = total if not cfg.n_features or cfg.n_features <= 0 else cfg.n_features
         if keep > total:
             raise ValueError(f"padim: n_features={keep} exceeds the {total} channels of layers {cfg.layers}")
-        generator = torch.Generator().manual_seed(cfg.seed)
+        # The random channel subset follows the run's seed (create_detector seeds torch with it).
+        generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("channel_index", torch.randperm(total, generator=generator)[:keep].sort().values)
         self.gaussian = PositionalGaussian(cfg.regularization)
         self.anomaly_map = UpsampleBlurMap(cfg.blur_sigma)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.feature_extractor.mean, self.feature_extractor.std)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (N, D, h, w) on the finest feature grid."""
@@ -78,12 +70,9 @@ class Padim(AnomalyDetector):
         self.gaussian.update(embedding.flatten(2))
 
     def fit_end(self) -> None:
-        self.gaussian.finalize()
+        self.gaussian.finish()
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         embedding = self.embed(images)
         distances = self.gaussian.score(embedding.flatten(2)).view(images.shape[0], 1, *embedding.shape[-2:])
-        anomaly_map = self.anomaly_map(distances, images.shape[-2:])
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(self.anomaly_map(distances, images.shape[-2:]))

@@ -6,7 +6,8 @@
 2. Memory bank: the patch features of all training images.
 3. Coreset subsampling: k-center-greedy selection of ``coreset_sampling_ratio`` of the
    bank, with distances measured on a sparse random projection to ``projection_dim``
-   dimensions; the selected (unprojected) features form the memory bank.
+   dimensions; the selected (unprojected) features form the memory bank. The random start
+   point and projection follow the run's seed (the Engine seeds torch before fitting).
 4. Patch scores: Euclidean distance of each test patch to its nearest memory item (exact,
    chunked search). Anomaly map: patch scores upsampled to the image, Gaussian blur
    (sigma ``blur_sigma``).
@@ -20,38 +21,33 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.anomaly_map import UpsampleBlurMap
-from adcore.components.coreset import KCenterGreedy
-from adcore.components.nearest_neighbor import nearest_neighbors
-from adcore.config import non_negative, positive, to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
-
-
-def _ratio(instance, attribute, value) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"patchcore: {attribute.name} must be in (0, 1], got {value}")
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    DetectorOutput,
+    create_feature_extractor,
+    distinct_levels,
+    non_negative,
+    positive,
+    to_int_tuple,
+    to_size,
+    unit_interval,
+)
+from adcore.components import KCenterGreedy, UpsampleBlurMap, nearest_neighbors
 
 
 def _odd(instance, attribute, value) -> None:
     if value < 1 or value % 2 == 0:
-        raise ValueError(f"patchcore: {attribute.name} must be a positive odd number (a centred window), got {value}")
-
-
-def _layers(instance, attribute, value) -> None:
-    if not value:
-        raise ValueError("patchcore: layers must name at least one backbone stage")
+        raise ValueError(f"{attribute.name} must be a positive odd number (a centred window), got {value}")
 
 
 @attrs.define
 class PatchcoreConfig:
     backbone: str = "tf_efficientnet_lite0"
     # Mid-level stages of lite0: stride 8 (40 ch) and 16 (112 ch), like WideResNet's layer2/3.
-    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple, validator=_layers)
+    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple, validator=distinct_levels)
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    coreset_sampling_ratio: float = attrs.field(default=0.1, converter=float, validator=_ratio)
+    coreset_sampling_ratio: float = attrs.field(default=0.1, converter=float, validator=[positive, unit_interval])
     num_neighbors: int = attrs.field(default=9, converter=int, validator=positive)
     patch_size: int = attrs.field(default=3, converter=int, validator=_odd)  # neighbourhood of the local averaging
     projection_dim: int = attrs.field(default=128, converter=int, validator=positive)  # coreset distances
@@ -59,7 +55,6 @@ class PatchcoreConfig:
     # Largest query/bank block of the nearest-neighbour search (None: ~16 MB blocks).
     search_chunk_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     weights: str = "auto"
-    seed: int = 0  # coreset start point and random projection
 
 
 class Patchcore(AnomalyDetector):
@@ -70,15 +65,11 @@ class Patchcore(AnomalyDetector):
         super().__init__(config, **overrides)
         cfg = self.config
         self.feature_extractor = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights)
-        self.sampler = KCenterGreedy(cfg.coreset_sampling_ratio, cfg.projection_dim, seed=cfg.seed)
+        self.sampler = self._new_sampler()
         self.anomaly_map = UpsampleBlurMap(cfg.blur_sigma)
         # Sized at fit time; load_fitted_state lets it take the checkpoint's shape.
         self.register_buffer("memory_bank", torch.empty(0, sum(self.feature_extractor.channels)))
         self._train_features: list[torch.Tensor] = []
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.feature_extractor.mean, self.feature_extractor.std)
 
     # -- 1. locally aware patch features ---------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,8 +89,14 @@ class Patchcore(AnomalyDetector):
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
     # -- 2. + 3. memory bank and coreset -------------------------------------------------------
+    def _new_sampler(self) -> KCenterGreedy:
+        """The coreset sampler; its start point and projection follow the run's seed."""
+        cfg = self.config
+        return KCenterGreedy(cfg.coreset_sampling_ratio, cfg.projection_dim, seed=torch.initial_seed())
+
     def fit_begin(self) -> None:
         self._train_features = []
+        self.sampler = self._new_sampler()  # the Engine seeds torch with the run's seed before fitting
 
     def fit_batch(self, batch: Batch) -> None:
         self._train_features.append(self._rows(self.embed(batch.image)))
@@ -115,8 +112,6 @@ class Patchcore(AnomalyDetector):
 
     # -- 4. + 5. scoring ---------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         embedding = self.embed(images)
         n, _, h, w = embedding.shape
         patches = self._rows(embedding)

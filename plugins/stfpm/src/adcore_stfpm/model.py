@@ -15,12 +15,18 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.backbones.weights import RANDOM_INIT
-from adcore.batch import Batch
-from adcore.config import to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from adcore import (
+    RANDOM_INIT,
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    create_feature_extractor,
+    one_of,
+    to_int_tuple,
+    to_size,
+)
 
 
 @attrs.define
@@ -32,7 +38,7 @@ class StfpmConfig:
     learning_rate: float = 0.4
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    map_fusion: str = attrs.field(default="product", validator=attrs.validators.in_(("product", "sum")))
+    map_fusion: str = attrs.field(default="product", validator=one_of("product", "sum"))
     weights: str = "auto"
 
 
@@ -53,14 +59,10 @@ class Stfpm(AnomalyDetector):
         self.student = create_feature_extractor(cfg.backbone, cfg.layers, weights=RANDOM_INIT, frozen=False)
 
     @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.teacher.mean, self.teacher.std)
-
-    @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs)
+        return TrainingSpec.gradient(self, epochs=self.config.epochs)
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self, budget: Budget) -> torch.optim.Optimizer:
         cfg = self.config
         return torch.optim.SGD(
             self.student.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -77,8 +79,6 @@ class Stfpm(AnomalyDetector):
         return sum(_normalized_distance(t, s).mean() for t, s in zip(teacher_features, student_features))
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         size = images.shape[-2:]
         maps = [
             F.interpolate(_normalized_distance(t, s), size=size, mode="bilinear", align_corners=False)
@@ -87,4 +87,4 @@ class Stfpm(AnomalyDetector):
         anomaly_map = (
             torch.stack(maps).prod(dim=0) if self.config.map_fusion == "product" else torch.stack(maps).sum(dim=0)
         )
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import FrEIA.modules as Fm
 import torch
-from adcore.components.flow import all_in_one_flow, conv_subnet
+from adcore.components import all_in_one_flow, conv_subnet
 from torch import nn
 
 
@@ -31,7 +31,7 @@ class UShapedFlow(nn.Module):
         self,
         channels: Sequence[int],
         sizes: Sequence[tuple[int, int]],
-        flow_steps: int = 4,
+        coupling_blocks: int = 4,
         affine_clamp: float = 2.0,
         affine_subnet_channels_ratio: float = 1.0,
         permute_soft: bool = False,
@@ -54,7 +54,12 @@ class UShapedFlow(nn.Module):
             h, w = sizes[scale]
             stages.append(
                 all_in_one_flow(
-                    (stage_channels, h, w), flow_steps, subnet, affine_clamp, permute_soft=permute_soft, per_block=True
+                    (stage_channels, h, w),
+                    coupling_blocks,
+                    subnet,
+                    affine_clamp,
+                    permute_soft=permute_soft,
+                    per_block=True,
                 )
             )
             if scale > 0:

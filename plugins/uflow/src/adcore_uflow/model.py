@@ -29,13 +29,28 @@ import itertools
 import attrs
 import torch
 import torch.nn.functional as F
-from adcore.backbones.feature_extractor import create_feature_extractor
-from adcore.batch import Batch
-from adcore.components.flow import flow_nll_loss, gaussian_log_likelihood, log_likelihood_to_anomaly_map
-from adcore.components.standardize import FeatureStandardizer
-from adcore.config import positive, to_int_tuple, to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec, TrainingKind, TrainingSpec
+from adcore import (
+    AnomalyDetector,
+    Batch,
+    Budget,
+    DetectorOutput,
+    TrainingSpec,
+    create_feature_extractor,
+    distinct_levels,
+    non_negative,
+    one_of,
+    positive,
+    to_bool,
+    to_int_tuple,
+    to_size,
+    unit_interval,
+)
+from adcore.components import (
+    FeatureStandardizer,
+    flow_nll_loss,
+    gaussian_log_likelihood,
+    log_likelihood_to_anomaly_map,
+)
 from torch import nn
 
 from adcore_uflow.flow import UShapedFlow
@@ -44,14 +59,21 @@ from adcore_uflow.nfa import log_nfa_map
 MAP_TYPES = ("likelihood", "nfa")
 
 
-def _unit_interval(instance, attribute, value) -> None:
+# Checks the core has no validator for (the core prefixes "uflow: " to the messages).
+def _finest_first(_instance, attribute, value: tuple[int, ...]) -> None:
+    if list(value) != sorted(value):
+        raise ValueError(f"{attribute.name} must be ordered finest first (increasing stage indices), got {value}")
+
+
+def _odd(_instance, attribute, value: int) -> None:
+    if value % 2 != 1:
+        raise ValueError(f"{attribute.name} must be odd (a window centred on the pixel), got {value}")
+
+
+def _open_unit_interval(_instance, attribute, value: float) -> None:
+    # Not the core's unit_interval: at 0 or 1 the chi2 quantile or the binomial tail is undefined.
     if not 0.0 < value < 1.0:
-        raise ValueError(f"uflow: {attribute.name} must be in (0, 1), got {value}")
-
-
-def _map_type(instance, attribute, value) -> None:
-    if value not in MAP_TYPES:
-        raise ValueError(f"uflow: map_type must be one of {MAP_TYPES}, got {value!r}")
+        raise ValueError(f"{attribute.name} must be in (0, 1), got {value}")
 
 
 @attrs.define
@@ -59,42 +81,32 @@ class UflowConfig:
     backbone: str = "tf_efficientnet_lite0"
     #: Encoder stages, finest first; each must have twice the stride of the previous one.
     #: On bottle (lite0), (2, 3) localises better than (2, 3, 4) (stride 32 is too coarse).
-    layers: tuple[int, ...] = attrs.field(default=(2, 3), converter=to_int_tuple)
+    layers: tuple[int, ...] = attrs.field(
+        default=(2, 3), converter=to_int_tuple, validator=[distinct_levels, _finest_first]
+    )
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    #: Coupling blocks per scale (anomalib's name and default).
-    flow_steps: int = attrs.field(default=4, validator=positive)
+    #: Coupling blocks per scale (anomalib's default; its ``flow_steps``).
+    coupling_blocks: int = attrs.field(default=4, validator=positive)
     affine_clamp: float = attrs.field(default=2.0, validator=positive)
     affine_subnet_channels_ratio: float = attrs.field(default=1.0, validator=positive)
-    permute_soft: bool = False
+    permute_soft: bool = attrs.field(default=False, converter=to_bool)
     #: Standardise each scale per channel and position with training statistics (step 1).
-    standardize: bool = True
+    standardize: bool = attrs.field(default=True, converter=to_bool)
     epochs: int = attrs.field(default=6, validator=positive)
     #: Lower than the reference's 1e-3: the standardised start localises well, and a
     #: higher rate moves the flow away from it faster than it learns (see the README).
     learning_rate: float = attrs.field(default=2e-4, validator=positive)
-    weight_decay: float = attrs.field(default=1e-5, validator=attrs.validators.ge(0.0))
+    weight_decay: float = attrs.field(default=1e-5, validator=non_negative)
     #: The learning rate decays linearly to this fraction of itself over the epochs.
-    lr_end_factor: float = attrs.field(default=0.4, validator=_unit_interval)
+    lr_end_factor: float = attrs.field(default=0.4, validator=unit_interval)
     #: What ``forward`` returns as the anomaly map: the likelihood map, or -log10 NFA.
-    map_type: str = attrs.field(default="likelihood", validator=_map_type)
+    map_type: str = attrs.field(default="likelihood", validator=one_of(*MAP_TYPES))
     #: A-contrario test: window (in latent positions at the finest scale, halved per coarser scale).
-    nfa_window_size: int = attrs.field(default=7, validator=positive)
+    nfa_window_size: int = attrs.field(default=7, validator=[positive, _odd])
     #: A latent is a candidate when its square exceeds this chi2(1) quantile (anomalib's
     #: ``binomial_probability_thr``): under normality a fraction 1 - threshold of latents is.
-    nfa_probability_threshold: float = attrs.field(default=0.5, validator=_unit_interval)
+    nfa_probability_threshold: float = attrs.field(default=0.5, validator=_open_unit_interval)
     weights: str = "auto"
-
-    def __attrs_post_init__(self) -> None:
-        if (
-            len(self.layers) < 1
-            or len(set(self.layers)) != len(self.layers)
-            or list(self.layers) != sorted(self.layers)
-        ):
-            raise ValueError(f"uflow: layers must be distinct stage indices, finest first, got {self.layers}")
-        if self.nfa_window_size % 2 != 1:
-            raise ValueError(
-                f"uflow: nfa_window_size must be odd (a window centred on the pixel), got {self.nfa_window_size}"
-            )
 
 
 class Uflow(AnomalyDetector):
@@ -107,19 +119,18 @@ class Uflow(AnomalyDetector):
         self.encoder = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights, frozen=True)
         strides = self.encoder.strides
         if any(b != 2 * a for a, b in itertools.pairwise(strides)):
+            # Raised from __init__: the core prefixes "uflow: " (from_config_dict).
             raise ValueError(
-                f"uflow: the layers' strides must double from one scale to the next, got {strides} for {cfg.layers}"
+                f"the layers' strides must double from one scale to the next, got {strides} for {cfg.layers}"
             )
         height, width = cfg.image_size
         if height % strides[-1] or width % strides[-1]:
-            raise ValueError(
-                f"uflow: image_size {cfg.image_size} must be divisible by the coarsest stride {strides[-1]}"
-            )
+            raise ValueError(f"image_size {cfg.image_size} must be divisible by the coarsest stride {strides[-1]}")
         sizes = [(height // s, width // s) for s in strides]
         self.flow = UShapedFlow(
             self.encoder.channels,
             sizes,
-            flow_steps=cfg.flow_steps,
+            coupling_blocks=cfg.coupling_blocks,
             affine_clamp=cfg.affine_clamp,
             affine_subnet_channels_ratio=cfg.affine_subnet_channels_ratio,
             permute_soft=cfg.permute_soft,
@@ -132,12 +143,8 @@ class Uflow(AnomalyDetector):
         )
 
     @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size, self.encoder.mean, self.encoder.std)
-
-    @property
     def training_spec(self) -> TrainingSpec:
-        return TrainingSpec(kind=TrainingKind.GRADIENT, epochs=self.config.epochs, initial_pass=self.config.standardize)
+        return TrainingSpec.gradient(self, epochs=self.config.epochs, initial_pass=self.config.standardize)
 
     # -- step 1: features ------------------------------------------------------------------
     def layer_normalized(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -157,7 +164,7 @@ class Uflow(AnomalyDetector):
         return self.standardized(self.layer_normalized(images))
 
     # -- step 3: training ------------------------------------------------------------------
-    def configure_optimizer(self):
+    def configure_optimizers(self, budget: Budget):
         cfg = self.config
         optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         # Stepped once per epoch over the configured epochs; if the engine runs more
@@ -167,7 +174,7 @@ class Uflow(AnomalyDetector):
 
     def initial_pass_batch(self, batch: Batch) -> None:
         for feature, standardize in zip(self.training_features(batch), self.standardizers):
-            standardize.accumulate(feature)
+            standardize.update(feature)
 
     def initial_pass_end(self) -> None:
         for standardize in self.standardizers:
@@ -180,9 +187,7 @@ class Uflow(AnomalyDetector):
 
     # -- steps 4 and 5: scoring --------------------------------------------------------------
     def latents(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The flow's latents for ``images``, finest scale first, in float32."""
-        self.check_images(images)
-        self.check_fitted()
+        """The flow's latents for ``images``, finest scale first, in float32 (no input checks: see ``predict``)."""
         latents, _ = self.flow(self.features(images))
         return [z.float() for z in latents]
 
@@ -193,7 +198,12 @@ class Uflow(AnomalyDetector):
         )
 
     def nfa_map(self, images: torch.Tensor) -> torch.Tensor:
-        """-log10 NFA per pixel (N, 1, H, W); > 0 marks an a-contrario detection."""
+        """-log10 NFA per pixel (N, 1, H, W); > 0 marks an a-contrario detection.
+
+        An entry point like :meth:`predict`: it checks the images and that the detector is fitted.
+        """
+        self.check_images(images)
+        self.check_fitted()
         cfg = self.config
         return log_nfa_map(self.latents(images), images.shape[-2:], cfg.nfa_window_size, cfg.nfa_probability_threshold)
 
@@ -209,4 +219,4 @@ class Uflow(AnomalyDetector):
             anomaly_map = log_nfa_map(latents, size, cfg.nfa_window_size, cfg.nfa_probability_threshold)
         else:
             anomaly_map = self.likelihood_map(latents, size)
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)

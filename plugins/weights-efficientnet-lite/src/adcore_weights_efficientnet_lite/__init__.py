@@ -1,5 +1,5 @@
-"""Offline ImageNet weights for timm's ``tf_efficientnet_lite0/1/2``, as an adcore plugin."""
+"""Offline ImageNet weights for timm's ``tf_efficientnet_lite0/1/2``, as an adcore plugin.
 
-from adcore_weights_efficientnet_lite.provider import EfficientNetLiteWeights
-
-__all__ = ["EfficientNetLiteWeights"]
+The provider lives in ``adcore_weights_efficientnet_lite.provider``; the package imports nothing, so loading the
+entry point (``adcore_weights_efficientnet_lite.plugin``) imports no torch.
+"""

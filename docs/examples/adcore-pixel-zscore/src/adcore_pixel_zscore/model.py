@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import attrs
 import torch
-from adcore.batch import Batch
-from adcore.components.blur import gaussian_blur
-from adcore.config import to_size
-from adcore.detector import AnomalyDetector
-from adcore.protocols import DetectorOutput, InputSpec
+from adcore import AnomalyDetector, Batch, DetectorOutput, non_negative, positive, to_size
+from adcore.components import gaussian_blur
 
 
 @attrs.define
 class PixelZScoreConfig:
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size)
-    smoothing_sigma: float = 2.0
-    map_sigma: float = 4.0
-    min_std: float = 0.05  # floor on a pixel's std, in normalised units: flat regions are not infinitely strict
+    smoothing_sigma: float = attrs.field(default=2.0, validator=non_negative)
+    map_sigma: float = attrs.field(default=4.0, validator=non_negative)
+    #: Floor on a pixel's std, in normalised units: flat regions are not infinitely strict.
+    min_std: float = attrs.field(default=0.05, validator=positive)
 
 
 class PixelZScore(AnomalyDetector):
@@ -25,14 +23,8 @@ class PixelZScore(AnomalyDetector):
 
     def __init__(self, config: PixelZScoreConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        if self.config.min_std <= 0:
-            raise ValueError(f"pixel-zscore: min_std must be positive, got {self.config.min_std}")
         self.register_buffer("pixel_mean", torch.empty(0))
         self.register_buffer("pixel_std", torch.empty(0))
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(self.config.image_size)
 
     def smooth(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape  # blur every colour channel the same way
@@ -59,8 +51,6 @@ class PixelZScore(AnomalyDetector):
         self._sum = self._squares = None
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        self.check_images(images)
-        self.check_fitted()
         z = ((self.smooth(images) - self.pixel_mean) / self.pixel_std).abs().amax(dim=1, keepdim=True)
         anomaly_map = gaussian_blur(z, self.config.map_sigma)
-        return DetectorOutput(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return DetectorOutput.from_map(anomaly_map)
