@@ -159,3 +159,13 @@ def test_careless_command_lines_get_one_line(data_root, tmp_path, capsys, extra,
 def test_asking_for_a_gpu_that_is_not_there_is_one_line(data_root, tmp_path, capsys):
     assert _fit(data_root, tmp_path / "run", "--device", "cuda") == 2
     assert "no CUDA GPU is available" in _one_line_error(capsys)
+
+
+def test_output_files_follow_the_umask(data_root, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert _fit(data_root, tmp_path / "run") == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes  # not 0600 (mkstemp's default)
