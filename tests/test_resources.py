@@ -155,7 +155,9 @@ class Recorder(AnomalyDetector):
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
-        resolved = resolve_resource("weights:tiny-encoder", self.config.weights or None, load_path=torch.load)
+        resolved = resolve_resource(
+            "weights:tiny-encoder", self.config.weights or None, load_path=lambda p: torch.load(p, weights_only=True)
+        )
         self.encoder_source = resolved.source
         self.encoder = FrozenEncoder(resolved.value)
         self.register_buffer("reference", torch.empty(0))

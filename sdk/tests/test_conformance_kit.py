@@ -140,6 +140,23 @@ class WrongCard(Good):
     name = "wrong-card"
 
 
+class SeedIgnored(Good):
+    # Draws a random offset from a fixed generator: the run's seed never reaches it.
+    name = "seed-ignored"
+
+    def fit_end(self):
+        super().fit_end()
+        self.mean = self.mean + 0.01 * torch.rand(self.mean.shape, generator=torch.Generator().manual_seed(7))
+
+
+class SeedUsed(SeedIgnored):
+    name = "seed-used"
+
+    def fit_end(self):
+        Good.fit_end(self)
+        self.mean = self.mean + 0.01 * torch.rand(self.mean.shape)  # torch's generator: the Engine seeds it
+
+
 class ZeroShot(Good):
     # Needs no fit: brightness against a fixed prior (a zero-shot detector's shape).
 
@@ -166,14 +183,17 @@ class Plugin:
         for cls in (Good, FitFails, WrongMapSize, Unseeded, StateOutsideBuffers, Blind, AnyChannels, NaNsPass, FitsOnNothing, NoFitCheck):
             register(cls)
         register(DetectorCard(name="zero-shot", target=f"{__name__}:ZeroShot", training_kind="none"))
+        register(SeedIgnored)
+        register(SeedUsed)
         # Says it trains with gradients; it fits in one pass.
         register(DetectorCard(name="wrong-card", target=f"{__name__}:WrongCard", training_kind="gradient"))
 
 
-def suite(detector_name, registered=True):
+def suite(detector_name, random=False):
     class Suite(DetectorConformance):
         detector = detector_name
         plugin = Plugin()
+        draws_at_random = random
     return Suite
 
 
@@ -190,6 +210,8 @@ TestFitsOnNothing = suite("fits-on-nothing")
 TestNoFitCheck = suite("no-fit-check")
 TestWrongCard = suite("wrong-card")
 TestZeroShot = suite("zero-shot")
+TestSeedIgnored = suite("seed-ignored", random=True)
+TestSeedUsed = suite("seed-used", random=True)
 """
 
 #: broken detector's test class -> (the check that must fail, text its failure must show)
@@ -211,6 +233,7 @@ EXPECTED = {
     "TestFitsOnNothing": ("test_rejects_an_empty_training_set", "DID NOT RAISE"),
     "TestNoFitCheck": ("test_unfitted_detector_refuses_to_score", "DID NOT RAISE"),
     "TestWrongCard": ("test_card_describes_the_detector", "card says training_kind 'gradient'"),
+    "TestSeedIgnored": ("test_another_seed_changes_what_is_random", "the run's seed does not reach the random draws"),
 }
 
 
@@ -232,12 +255,16 @@ def outcomes(pytester):
 
 def test_every_check_fails_for_its_broken_detector_and_passes_for_a_working_one(outcomes):
     zero_shot = outcomes["TestZeroShot"]  # the kit's zero-shot variant passes a working zero-shot detector
-    assert zero_shot and all(outcome == "passed" for outcome, _ in zero_shot.values()), {
-        test: text[-800:] for test, (outcome, text) in zero_shot.items() if outcome != "passed"
+    assert zero_shot and all(outcome in ("passed", "skipped") for outcome, _ in zero_shot.values()), {
+        test: text[-800:] for test, (outcome, text) in zero_shot.items() if outcome not in ("passed", "skipped")
     }
-    good = outcomes["TestGood"]
-    assert good and all(outcome == "passed" for outcome, _ in good.values()), {
-        test: text[-800:] for test, (outcome, text) in good.items() if outcome != "passed"
+    seeded = outcomes["TestSeedUsed"]  # a detector whose random draws follow the seed passes check 9
+    assert seeded and all(outcome == "passed" for outcome, _ in seeded.values()), {
+        test: text[-800:] for test, (outcome, text) in seeded.items() if outcome != "passed"
+    }
+    good = outcomes["TestGood"]  # draws nothing at random: check 9 is skipped, every other passes
+    assert good and all(outcome in ("passed", "skipped") for outcome, _ in good.values()), {
+        test: text[-800:] for test, (outcome, text) in good.items() if outcome not in ("passed", "skipped")
     }
     checks = set(good)
     assert {check for check, _ in EXPECTED.values()} == checks, "every check of the kit has a broken detector"

@@ -21,7 +21,9 @@ through the ``pytest11`` entry point). The checks:
 6. images with an obvious defect (a white square) score above normal images;
 7. bad input gets a clear error: a wrong channel count, NaNs, an empty training set;
    an unfitted detector refuses to score;
-8. its card (what ``list-plugins`` shows, what checkpoints store) matches the class.
+8. its card (what ``list-plugins`` shows, what checkpoints store) matches the class;
+9. with ``draws_at_random = True`` (a random channel subset, coreset start, initialisation),
+   another seed gives another fitted detector: the seed really reaches what is random.
 
 Zero-shot detectors (``TrainingSpec.nothing()``) run the same checks, except that they
 score without any fit and an empty training set is no error; few-shot ones fit on the
@@ -64,6 +66,8 @@ class DetectorConformance:
     #: The lowest image AUROC that counts as "defects score above normal images".
     min_defect_auroc: ClassVar[float] = 0.9
     batch_size: ClassVar[int] = 4
+    #: The method draws at random: check 9 then requires seeds 0 and 1 to fit different detectors.
+    draws_at_random: ClassVar[bool] = False
 
     # -- fixtures ---------------------------------------------------------------------------
     @pytest.fixture(scope="class")
@@ -109,10 +113,13 @@ class DetectorConformance:
         return AnomalyDataset(records, detector.input_spec, has_masks=any(r.mask_path for r in records))
 
     def fit_and_predict(self, registry, splits, seed: int = 0) -> Predictions:
+        return self.fit(registry, splits, seed)[1]
+
+    def fit(self, registry, splits, seed: int = 0) -> tuple[AnomalyDetector, Predictions]:
         with torch_threads(1):
             detector, engine = self.build(registry, seed), self.engine(seed)
             engine.fit(detector, self.dataset(detector, splits.train), None)
-            return engine.predict(detector, self.dataset(detector, splits.test))
+            return detector, engine.predict(detector, self.dataset(detector, splits.test))
 
     # -- 1. discovery ---------------------------------------------------------------------------
     def test_is_discoverable(self, conformance_registry):
@@ -245,3 +252,13 @@ class DetectorConformance:
         assert card.training_kind == detector.training_spec.kind.value, (
             f"card says training_kind {card.training_kind!r}, the training spec {detector.training_spec.kind.value!r}"
         )
+
+    # -- 9. the seed reaches what is random ---------------------------------------------------------
+    def test_another_seed_changes_what_is_random(self, conformance_registry, conformance_splits, fitted):
+        if not self.draws_at_random:
+            pytest.skip("the detector declares no random draws (draws_at_random = False)")
+        first = fitted[0].state_dict()
+        other = self.fit(conformance_registry, conformance_splits, seed=1)[0].state_dict()
+        learned = [key for key in first if not key.startswith("post_processor.")]  # thresholds: calibration's
+        changed = [key for key in learned if not torch.equal(first[key], other[key])]
+        assert changed, "seeds 0 and 1 fit identical detectors: the run's seed does not reach the random draws"
