@@ -188,3 +188,22 @@ def test_compute_metrics_reports_what_the_ground_truth_allows():
     assert full["pixel_auroc"] == pytest.approx(1.0)
     assert full["pixel_aupro"] == pytest.approx(1.0)
     assert compute_metrics(scores, torch.zeros(4, dtype=torch.long)) == {}
+
+
+@pytest.mark.parametrize("levels", [None, 20])
+def test_pixel_metrics_from_one_sort_equal_the_separate_computations(levels):
+    from adcore.metrics import aupro, f1_max, pixel_auroc, pixel_metrics
+
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.zeros(6, 1, 48, 48)
+    masks[3:, :, 10:20, 12:30] = 1
+    masks[4, :, 30:40, 30:44] = 1  # a second region in one image
+    maps = torch.rand(6, 1, 48, 48, generator=generator) + 0.6 * masks
+    if levels:  # many ties: thresholds must sit between distinct scores
+        maps = (maps * levels).round() / levels
+    combined = pixel_metrics(maps, masks)
+    assert combined["pixel_auroc"] == pytest.approx(pixel_auroc(maps, masks), abs=1e-6)
+    assert combined["pixel_aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
+    assert combined["pixel_f1_max"] == pytest.approx(f1_max(maps.flatten(), masks.flatten().long())[0], abs=1e-6)
+    with pytest.raises(ValueError, match="masks must be 0/1"):
+        pixel_metrics(maps, masks * 2)

@@ -1,10 +1,11 @@
 """Evaluation metrics: image AUROC, pixel AUROC, AUPRO and F1-max.
 
-AUROC and precision-recall come from torchmetrics. AUPRO (Bergmann et al. 2020) is
-computed exactly: one sort of all pixel scores gives, for every threshold at once, the
-false-positive rate over normal pixels and the mean per-region overlap over connected
-ground-truth regions; the PRO-vs-FPR curve is integrated up to ``fpr_limit`` and divided
-by it so a perfect detector scores 1.
+Image AUROC and precision-recall come from torchmetrics. The pixel metrics share one sort
+of all pixel scores (:func:`pixel_metrics`): it gives, for every threshold at once, the
+true- and false-positive counts (ROC AUC, F1-max) and the mean per-region overlap over
+connected ground-truth regions (AUPRO, Bergmann et al. 2020, integrated up to ``fpr_limit``
+and divided by it so a perfect detector scores 1). All are exact, with ties handled as
+thresholds between distinct scores; one sort instead of five keeps ``test`` fast.
 """
 
 from __future__ import annotations
@@ -96,7 +97,54 @@ def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> fl
     fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fpr[last_of_run]])
     pro = torch.cat([torch.zeros(1, dtype=torch.float64), pro[last_of_run]])
 
-    # Cut the curve at fpr_limit, interpolating the PRO value there.
+    return _area_up_to(fpr, pro, fpr_limit)
+
+
+def _check_binary_fast(target: torch.Tensor, what: str) -> None:
+    if ((target != 0) & (target != 1)).any():
+        raise ValueError(f"{what} must be 0/1")
+
+
+def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> dict[str, float]:
+    """Pixel AUROC, AUPRO and F1-max from one descending sort of every pixel score."""
+    _check_binary_fast(masks, "masks")
+    # Sorted in the maps' own precision (float32): widening adds no ties and doubles the sort's cost.
+    scores = maps.detach().flatten().cpu()
+    scores = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+    positive = masks.flatten().cpu() > 0.5
+    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
+    if n_positive == 0 or n_negative == 0:
+        return {}
+    order = torch.argsort(scores, descending=True)
+    sorted_scores = scores[order]
+    # Thresholds sit between distinct scores: keep the last index of each run of ties.
+    last_of_run = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_run[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    sorted_positive = positive[order]
+    true_positives = torch.cumsum(sorted_positive, 0, dtype=torch.float64)[last_of_run]
+    false_positives = torch.cumsum(~sorted_positive, 0, dtype=torch.float64)[last_of_run]
+
+    zero = torch.zeros(1, dtype=torch.float64)
+    tpr = torch.cat([zero, true_positives / n_positive])
+    fpr = torch.cat([zero, false_positives / n_negative])
+    results = {"pixel_auroc": float(torch.trapezoid(tpr, fpr))}
+
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / n_positive
+    results["pixel_f1_max"] = float((2 * precision * recall / (precision + recall).clamp_min(1e-12)).max())
+
+    regions = torch.from_numpy(connected_regions(masks)).flatten()
+    n_regions = int(regions.max())
+    region_sizes = torch.bincount(regions, minlength=n_regions + 1).double()
+    # Each anomalous pixel adds 1 / (R * |its region|) to the mean overlap once detected.
+    weight = torch.where(regions == 0, torch.zeros((), dtype=torch.float64), 1.0 / (n_regions * region_sizes[regions]))
+    pro = torch.cat([zero, torch.cumsum(weight[order], 0)[last_of_run]])
+    results["pixel_aupro"] = _area_up_to(fpr, pro, fpr_limit)
+    return results
+
+
+def _area_up_to(fpr: torch.Tensor, pro: torch.Tensor, fpr_limit: float) -> float:
+    """Area under ``pro`` over ``fpr`` in [0, fpr_limit] (interpolated at the cut), over fpr_limit."""
     cut = int(torch.searchsorted(fpr, torch.tensor([fpr_limit], dtype=torch.float64), right=True))
     fpr_kept, pro_kept = fpr[:cut], pro[:cut]
     if cut < fpr.numel():
@@ -119,7 +167,6 @@ def compute_metrics(
         results["image_auroc"] = image_auroc(scores, labels)
         results["image_f1_max"] = f1_max(scores, labels)[0]
     if maps is not None and masks is not None and masks.max() > 0:
-        results["pixel_auroc"] = pixel_auroc(maps, masks)
-        results["pixel_aupro"] = aupro(maps, masks)
-        results["pixel_f1_max"] = f1_max(maps.flatten(), masks.flatten().long())[0]
+        pixel = pixel_metrics(maps, masks)
+        results.update({key: pixel[key] for key in ("pixel_auroc", "pixel_aupro", "pixel_f1_max") if key in pixel})
     return results
