@@ -33,6 +33,8 @@ _PUBLIC = {
     "SparseRandomProjection": "random_projection",
     "johnson_lindenstrauss_min_dim": "random_projection",
     "FeatureStandardizer": "standardize",
+    "SyntheticAnomalies": "synthetic_anomaly",
+    "perlin_noise": "synthetic_anomaly",
 }
 
 __all__ = list(_PUBLIC)
