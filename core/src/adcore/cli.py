@@ -146,6 +146,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         heatmaps=args.heatmaps,
         image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold,
+        textures=args.textures,
     )
     if result.metrics is not None:
         _print_metrics(result.metrics)
@@ -296,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--validate-every", type=int, help="gradient training: image AUROC on validation data every N epochs"
     )
-    fit.add_argument("--val-split", default="same_as_test", help="same_as_test | from_test:F | from_train:F | none")
+    fit.add_argument(
+        "--val-split",
+        default="same_as_test",
+        help="same_as_test | from_test:F | from_train:F | synthetic:F (normal images only: half made anomalous) | none",
+    )
+    fit.add_argument("--textures", help="folder of texture images for --val-split synthetic:F anomalies (default: none)")
     fit.add_argument(
         "--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies"
     )

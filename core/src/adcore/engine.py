@@ -383,6 +383,9 @@ class Engine:
         if detector.post_processor.is_calibrated and predictions.labels is not None:
             predicted = predictions.scores >= float(detector.post_processor.image_threshold)
             metrics["image_accuracy_at_threshold"] = float((predicted.long() == predictions.labels).float().mean())
+            true_positives = float((predicted & (predictions.labels == 1)).sum())
+            wrong = float((predicted.long() != predictions.labels).sum())
+            metrics["image_f1_at_threshold"] = 2 * true_positives / max(2 * true_positives + wrong, 1.0)
         return metrics
 
 

@@ -19,6 +19,7 @@ from adcore.checkpoint import load_checkpoint, save_checkpoint
 from adcore.data import AnomalyDataset, load_data
 from adcore.data.dataset import ImageRecord
 from adcore.data.sources import DataSplits
+from adcore.data.synthetic_validation import SyntheticValidationSet
 from adcore.detector import AnomalyDetector
 from adcore.engine import Engine, Predictions
 from adcore.io import atomic_write_json
@@ -61,16 +62,23 @@ def fit_run(
     heatmaps: int = 50,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
+    textures: str | os.PathLike | None = None,
     say: Callable[[str], None] = _stderr,
 ) -> RunResult:
-    """Fit ``detector`` on ``data`` (``"mvtec:PATH"``, ... or loaded splits) and write the run to ``output``."""
+    """Fit ``detector`` on ``data`` (``"mvtec:PATH"``, ... or loaded splits) and write the run to ``output``.
+
+    ``textures`` names a folder of texture images for ``val_split="synthetic:F"`` anomalies.
+    """
     engine = engine or Engine()
     folder = RunFolder(output)
     folder.check()  # an unwritable or full output fails now, not after the fit
     splits = load_data(data, val_split=val_split, seed=engine.seed) if isinstance(data, str) else data
     spec = detector.training_spec
     train = AnomalyDataset(splits.train, detector.input_spec, cache=spec.kind == TrainingKind.GRADIENT) if splits.train else []
-    val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
+    if splits.synthetic_val:
+        val = SyntheticValidationSet(splits.val, detector.input_spec, seed=engine.seed, textures=textures)
+    else:
+        val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
     with folder as staging:
         say(
             f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, "
@@ -86,6 +94,7 @@ def fit_run(
             "data": data if isinstance(data, str) else splits.name,
             "data_name": splits.name,
             "val_split": val_split,
+            "textures": None if textures is None else str(textures),
             "seed": engine.seed,
             "epochs_override": engine.epochs,
             "steps_override": engine.steps,

@@ -6,6 +6,9 @@ Validation data (for thresholds and normalisation) comes from ``val_split``:
 * ``from_test:F``: a seeded, label-stratified fraction F of the test images, removed from test;
 * ``from_train:F``: a fraction F of the normal training images, held out of fitting
   (thresholds then come from a quantile of normal scores);
+* ``synthetic:F``: a fraction F of the normal training images, held out of fitting, half
+  of them turned into synthetic anomalies with exact masks
+  (:mod:`adcore.data.synthetic_validation`): F1-calibrated thresholds from normal images only;
 * ``none``: no calibration.
 """
 
@@ -29,6 +32,8 @@ class DataSplits:
     test: list[ImageRecord]
     val: list[ImageRecord]
     has_masks: bool
+    #: The validation records are normal training images to be made half anomalous.
+    synthetic_val: bool = False
 
 
 def _take_fraction(
@@ -89,19 +94,24 @@ def load_data(spec: str, val_split: str = "same_as_test", seed: int = 0) -> Data
         )
 
     mode, _, fraction_text = val_split.partition(":")
-    if mode in ("from_test", "from_train") and not (fraction_text and 0.0 < float(fraction_text) < 1.0):
+    if mode in ("from_test", "from_train", "synthetic") and not (fraction_text and 0.0 < float(fraction_text) < 1.0):
         raise ValueError(f"val_split {val_split!r} needs a fraction between 0 and 1, e.g. {mode}:0.2")
     fraction = float(fraction_text) if fraction_text else 0.0
     if mode == "same_as_test":
         val = test
     elif mode == "from_test":
         val, test = _take_fraction(test, fraction, seed)
-    elif mode == "from_train":
-        val, train = _take_fraction(train, fraction, seed)
+    elif mode in ("from_train", "synthetic"):
+        normal = [r for r in train if r.label in (0, None)]
+        val, train = _take_fraction(normal, fraction, seed)
+        if mode == "synthetic" and len(val) < 2:
+            raise ValueError(f"val_split {val_split!r} leaves {len(val)} validation image(s); synthetic needs at least 2")
     elif mode == "none":
         val = []
     else:
-        raise ValueError(f"unknown val_split {val_split!r}: same_as_test, from_test:F, from_train:F or none")
+        raise ValueError(
+            f"unknown val_split {val_split!r}: same_as_test, from_test:F, from_train:F, synthetic:F or none"
+        )
     if not train:
         raise ValueError(f"{spec}: no training images")
-    return DataSplits(name=name, train=train, test=test, val=val, has_masks=has_masks)
+    return DataSplits(name=name, train=train, test=test, val=val, has_masks=has_masks, synthetic_val=mode == "synthetic")
