@@ -13,10 +13,7 @@ CARD = DetectorCard(
         "Anomalib: A Deep Learning Library for Anomaly Detection, ICIP 2022"
     ),
     paper_url="https://arxiv.org/abs/2202.08341",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="fit_once",
-    default_image_size=(256, 256),
     results={
         # The anomaly map is the image score at every pixel: pixel metrics carry no information.
         "conditions": "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults, 2 CPU cores",

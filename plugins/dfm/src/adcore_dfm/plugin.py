@@ -13,10 +13,7 @@ CARD = DetectorCard(
         "2019"
     ),
     paper_url="https://arxiv.org/abs/1909.11786",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="fit_once",
-    default_image_size=(256, 256),
     results={
         "conditions": (
             "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults (score_type=fre), 2 CPU cores"

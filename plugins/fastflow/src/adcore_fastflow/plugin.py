@@ -10,10 +10,7 @@ CARD = DetectorCard(
     summary="FastFlow: 2-D normalizing flows on frozen multi-scale features, alternating 3x3/1x1 subnets",
     paper="Yu et al., FastFlow: Unsupervised Anomaly Detection and Localization via 2D Normalizing Flows, 2021",
     paper_url="https://arxiv.org/abs/2111.07677",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="gradient",
-    default_image_size=(256, 256),
     results={
         "conditions": "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults (6 epochs), 2 CPU cores",
         "mvtec_ad/bottle": {"image_auroc": 1.000, "pixel_auroc": 0.978, "pixel_aupro": 0.898},

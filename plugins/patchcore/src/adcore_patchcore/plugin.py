@@ -10,10 +10,7 @@ CARD = DetectorCard(
     summary="Coreset memory bank of locally aware patch features; nearest-neighbour anomaly scores",
     paper="Roth et al., Towards Total Recall in Industrial Anomaly Detection, CVPR 2022",
     paper_url="https://arxiv.org/abs/2106.08265",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="fit_once",
-    default_image_size=(256, 256),
     results={
         "conditions": "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults (10 % coreset), 2 CPU cores",
         "mvtec_ad/bottle": {"image_auroc": 1.000, "pixel_auroc": 0.984, "pixel_aupro": 0.936},

@@ -10,10 +10,7 @@ CARD = DetectorCard(
     summary="STFPM: a frozen pretrained teacher, a student of the same architecture trained from scratch",
     paper="Wang et al., Student-Teacher Feature Pyramid Matching for Anomaly Detection, BMVC 2021",
     paper_url="https://arxiv.org/abs/2103.04257",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="gradient",
-    default_image_size=(256, 256),
     results={
         "conditions": "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults (15 epochs), 2 CPU cores",
         "mvtec_ad/bottle": {"image_auroc": 1.000, "pixel_auroc": 0.988, "pixel_aupro": 0.968},

@@ -13,10 +13,7 @@ CARD = DetectorCard(
         "Unsupervised Threshold, JMIV 2024"
     ),
     paper_url="https://arxiv.org/abs/2211.12353",
-    licence="Apache-2.0",
-    learning_type="one_class",
     training_kind="gradient",
-    default_image_size=(256, 256),
     results={
         "conditions": "tf_efficientnet_lite0 (packaged ImageNet weights), 256 px, defaults (6 epochs), 2 CPU cores",
         "mvtec_ad/bottle": {"image_auroc": 0.998, "pixel_auroc": 0.973, "pixel_aupro": 0.904},

@@ -8,7 +8,6 @@ CARD = DetectorCard(
     name="pixel-zscore",
     target="adcore_pixel_zscore.model:PixelZScore",
     summary="Per-pixel z-scores against the normal images' statistics (aligned objects; an example plugin)",
-    learning_type="one_class",
     training_kind="fit_once",
     results={"mvtec_ad/bottle": {"image_auroc": 0.979, "pixel_auroc": 0.960}},
 )
