@@ -16,20 +16,11 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
+#: Every distribution in the repository: the core, the SDK, each plugin folder, the example plugin.
 PACKAGES = [
     "core",
     "sdk",
-    "plugins/weights-efficientnet-lite",
-    "plugins/padim",
-    "plugins/stfpm",
-    "plugins/patchcore",
-    "plugins/dfkde",
-    "plugins/dfm",
-    "plugins/cfa",
-    "plugins/cflow",
-    "plugins/fastflow",
-    "plugins/csflow",
-    "plugins/uflow",
+    *sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "plugins").glob("*/pyproject.toml")),
     "docs/examples/adcore-pixel-zscore",
 ]
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")

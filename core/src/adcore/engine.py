@@ -48,6 +48,7 @@ class Predictions:
     labels: torch.Tensor | None  # (N,)
     masks: torch.Tensor | None  # (N, 1, H, W)
     seconds: float = 0.0
+    regions: list[torch.Tensor] | None = None  # per image (K, 5): x0, y0, x1, y1, score (input pixels)
 
     @property
     def images_per_second(self) -> float:
@@ -347,7 +348,7 @@ class Engine:
         """Raw scores and maps for every image of ``dataset``."""
         detector.check_fitted()
         detector.to(self.torch_device).eval()
-        paths, scores, maps, labels, masks = [], [], [], [], []
+        paths, scores, maps, labels, masks, regions = [], [], [], [], [], []
         started = time.perf_counter()
         with torch.inference_mode(), self.autocast():
             for batch in self._bar(self._loader(dataset, shuffle=False), description):
@@ -357,6 +358,8 @@ class Engine:
                 scores.append(output.pred_score.float().cpu())
                 if output.anomaly_map is not None:
                     maps.append(output.anomaly_map.float().cpu())
+                if output.regions is not None:
+                    regions += [r.float().cpu() for r in output.regions]
                 if batch.label is not None:
                     labels.append(batch.label)
                 if batch.mask is not None:
@@ -369,6 +372,7 @@ class Engine:
             labels=torch.cat(labels) if len(labels) == len(scores) else None,
             masks=torch.cat(masks) if len(masks) == len(scores) else None,
             seconds=seconds,
+            regions=regions if len(regions) == len(paths) else None,
         )
 
     def test(self, detector: AnomalyDetector, dataset) -> tuple[dict[str, float], Predictions]:

@@ -44,11 +44,14 @@ class DetectorOutput:
     """One batch of predictions, in raw (un-normalised) score units.
 
     ``pred_score`` is (N,) float; ``anomaly_map`` is (N, 1, H, W) float at the input
-    size, or None for methods that only score whole images.
+    size, or None for methods that only score whole images. ``regions`` is for methods that
+    score regions (R-KDE, AI-VAD): one (K, 5) float tensor per image, rows
+    ``(x0, y0, x1, y1, score)`` in input-pixel coordinates, or None.
     """
 
     pred_score: torch.Tensor
     anomaly_map: torch.Tensor | None = None
+    regions: list[torch.Tensor] | None = None
 
     @classmethod
     def from_map(cls, anomaly_map: torch.Tensor) -> DetectorOutput:
