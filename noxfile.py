@@ -24,7 +24,8 @@ PACKAGES = [
     "docs/examples/adcore-pixel-zscore",
 ]
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
-BOTTLE = ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
+DATASETS = ROOT.parent / "shared" / "datasets"
+BOTTLE = DATASETS / "mvtec_ad" / "bottle"
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"
@@ -53,6 +54,8 @@ def tests(session: nox.Session) -> None:
     env = {}
     if "ADCORE_MVTEC_BOTTLE" not in os.environ and BOTTLE.is_dir():
         env["ADCORE_MVTEC_BOTTLE"] = str(BOTTLE)
+    if "ADCORE_DATASETS" not in os.environ and DATASETS.is_dir():
+        env["ADCORE_DATASETS"] = str(DATASETS)
     session.run(sys.executable, "-m", "pytest", *session.posargs, env=env)
 
 
