@@ -2,7 +2,12 @@
 
 import pytest
 import torch
-from adcore.components.coreset import KCenterGreedy, k_center_greedy
+from adcore.components.coreset import (
+    KCenterGreedy,
+    _dense_k_center_greedy,
+    k_center_greedy,
+    sharded_k_center_greedy,
+)
 from adcore.protocols import Sampler
 
 
@@ -109,3 +114,59 @@ def test_rejects_bad_arguments(args, kwargs):
 def test_sampler_rejects_bad_settings(ratio, dim):
     with pytest.raises(ValueError):
         KCenterGreedy(ratio, projection_dim=dim)
+
+
+# -- sharded greedy: cost linear in the rows ------------------------------------------------------
+@pytest.mark.parametrize("kind", ["gaussian", "blobs"])
+def test_dense_shard_loop_is_the_greedy_rule(kind):
+    generator = torch.Generator().manual_seed(2)
+    points = torch.randn(900, 16, generator=generator) if kind == "gaussian" else _blobs(300, 16, 3, generator)
+    start = int(brute_force_greedy(points, 1, seed=7)[0])
+    assert torch.equal(_dense_k_center_greedy(points, 120, start), brute_force_greedy(points, 120, seed=7))
+
+
+@pytest.mark.parametrize(("num_points", "n_select", "shard_size"), [(1000, 100, 128), (1000, 7, 300), (999, 998, 100)])
+def test_sharded_selects_n_select_distinct_rows_from_every_shard(num_points, n_select, shard_size):
+    points = torch.randn(num_points, 8, generator=torch.Generator().manual_seed(0))
+    selected = sharded_k_center_greedy(points, n_select, seed=0, shard_size=shard_size)
+    assert len(selected) == n_select == len(set(selected.tolist()))
+    assert 0 <= int(selected.min()) and int(selected.max()) < num_points
+
+
+def test_sharded_covers_better_than_random_and_close_to_exact():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(4000, 8, generator=generator), 10 + torch.randn(40, 8, generator=generator)])
+
+    def radius(index):
+        return float(torch.cdist(points, points[index]).min(1).values.max())
+
+    exact = radius(k_center_greedy(points, 200, seed=0))
+    sharded = radius(sharded_k_center_greedy(points, 200, seed=0, shard_size=1024))
+    random = radius(torch.randperm(len(points), generator=generator)[:200])
+    assert exact <= sharded < random
+    assert sharded < 1.5 * exact
+
+
+def test_sharded_one_shard_is_the_exact_rule_from_its_start():
+    points = torch.randn(600, 8, generator=torch.Generator().manual_seed(3))
+    selected = sharded_k_center_greedy(points, 60, seed=1, shard_size=600)
+    # One shard: the greedy rule itself (brute force from the same start).
+    start = int(selected[0])
+    assert torch.equal(selected, _dense_k_center_greedy(points, 60, start))
+
+
+def test_sharded_same_seed_same_selection_other_seed_other_selection():
+    points = torch.randn(2000, 8)
+    first = sharded_k_center_greedy(points, 100, seed=3, shard_size=500)
+    assert torch.equal(first, sharded_k_center_greedy(points, 100, seed=3, shard_size=500))
+    assert not torch.equal(first, sharded_k_center_greedy(points, 100, seed=4, shard_size=500))
+
+
+def test_sampler_uses_shards_when_asked():
+    features = torch.randn(3000, 16)
+    exact = KCenterGreedy(0.05, projection_dim=16, seed=0).sample(features)
+    sharded = KCenterGreedy(0.05, projection_dim=16, seed=0, shard_size=1000).sample(features)
+    assert len(exact) == len(sharded) == 150
+    assert not torch.equal(torch.sort(exact).values, torch.sort(sharded).values)
+    with pytest.raises(ValueError, match="shard_size"):
+        KCenterGreedy(0.1, shard_size=0)

@@ -162,3 +162,20 @@ def test_unfitted_and_bad_input_are_rejected(fitted):
 def test_config_validation(params, message):
     with pytest.raises(ValueError, match=f"^patchcore: .*{message}"):
         make(**params)
+
+
+def test_sharded_coreset_and_faiss_search_score_like_the_exact_ones():
+    pytest.importorskip("faiss")
+    train, test = textures(12, 0), with_square(textures(4, 1))
+    exact = fit(make(weights="none", coreset_sampling_ratio=0.1, coreset_shard_size=0), train)
+    sharded = fit(make(weights="none", coreset_sampling_ratio=0.1, coreset_shard_size=1000), train)
+    assert exact.memory_bank.shape == sharded.memory_bank.shape
+    assert not torch.equal(exact.memory_bank, sharded.memory_bank)  # really another selection
+    with torch.no_grad():
+        reference = exact(test)
+        exhaustive = make(weights="none", search="faiss", search_probes=10_000)
+        exhaustive.load_fitted_state(exact.state_dict())
+        approximate = exhaustive.eval()(test)
+    # Probing every cell is an exhaustive candidate search: the same scores as the exact search.
+    assert torch.allclose(approximate.pred_score, reference.pred_score, atol=1e-5)
+    assert torch.allclose(approximate.anomaly_map, reference.anomaly_map, atol=1e-5)

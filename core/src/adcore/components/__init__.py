@@ -11,9 +11,11 @@ from typing import Any
 
 _PUBLIC = {
     "UpsampleBlurMap": "anomaly_map",
+    "ApproximateNearestNeighbors": "approximate_search",
     "gaussian_blur": "blur",
     "KCenterGreedy": "coreset",
     "k_center_greedy": "coreset",
+    "sharded_k_center_greedy": "coreset",
     "FrozenFeatureCache": "feature_cache",
     "mlp_subnet": "flow",
     "conv_subnet": "flow",

@@ -28,12 +28,13 @@ from adcore import (
     create_feature_extractor,
     distinct_levels,
     non_negative,
+    one_of,
     positive,
     to_int_tuple,
     to_size,
     unit_interval,
 )
-from adcore.components import KCenterGreedy, UpsampleBlurMap, nearest_neighbors
+from adcore.components import ApproximateNearestNeighbors, KCenterGreedy, UpsampleBlurMap, nearest_neighbors
 
 
 def _odd(instance, attribute, value) -> None:
@@ -51,7 +52,14 @@ class PatchcoreConfig:
     num_neighbors: int = attrs.field(default=9, converter=int, validator=positive)
     patch_size: int = attrs.field(default=3, converter=int, validator=_odd)  # neighbourhood of the local averaging
     projection_dim: int = attrs.field(default=128, converter=int, validator=positive)  # coreset distances
+    # Rows per shard of the coreset search (time linear in the bank); 0: the exact greedy rule,
+    # fast only when the patches form well-separated clusters.
+    coreset_shard_size: int = attrs.field(default=16384, converter=int, validator=non_negative)
     blur_sigma: float = attrs.field(default=4.0, converter=float, validator=non_negative)
+    # "exact": chunked exact search; "faiss": an IVF index proposes candidates, re-ranked exactly
+    # (for banks of millions of patches; pip install faiss-cpu).
+    search: str = attrs.field(default="exact", validator=one_of("exact", "faiss"))
+    search_probes: int = attrs.field(default=8, converter=int, validator=positive)  # faiss cells visited per query
     # Largest query/bank block of the nearest-neighbour search (None: ~16 MB blocks).
     search_chunk_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     weights: str = "auto"
@@ -70,6 +78,7 @@ class Patchcore(AnomalyDetector):
         # Sized at fit time; load_fitted_state lets it take the checkpoint's shape.
         self.register_buffer("memory_bank", torch.empty(0, sum(self.feature_extractor.channels)))
         self._train_features: list[torch.Tensor] = []
+        self._index: tuple[tuple, ApproximateNearestNeighbors] | None = None
 
     # -- 1. locally aware patch features ---------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,12 @@ class Patchcore(AnomalyDetector):
     def _new_sampler(self) -> KCenterGreedy:
         """The coreset sampler; its start point and projection follow the run's seed."""
         cfg = self.config
-        return KCenterGreedy(cfg.coreset_sampling_ratio, cfg.projection_dim, seed=torch.initial_seed())
+        return KCenterGreedy(
+            cfg.coreset_sampling_ratio,
+            cfg.projection_dim,
+            seed=torch.initial_seed(),
+            shard_size=cfg.coreset_shard_size or None,
+        )
 
     def fit_begin(self) -> None:
         self._train_features = []
@@ -111,12 +125,22 @@ class Patchcore(AnomalyDetector):
         self.memory_bank = features[selected].contiguous()
 
     # -- 4. + 5. scoring ---------------------------------------------------------------------------
+    def nearest_in_bank(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance to and index of each patch's nearest memory item (exact distances either way)."""
+        bank = self.memory_bank
+        if self.config.search == "exact":
+            return nearest_neighbors(patches, bank, k=1, chunk_size=self.config.search_chunk_size)
+        key = (bank.data_ptr(), tuple(bank.shape), bank.device)
+        if self._index is None or self._index[0] != key:  # built once per bank (after fit or load)
+            self._index = (key, ApproximateNearestNeighbors(bank, num_probes=self.config.search_probes))
+        return self._index[1].search(patches, k=1)
+
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         embedding = self.embed(images)
         n, _, h, w = embedding.shape
         patches = self._rows(embedding)
         bank = self.memory_bank
-        distances, nearest = nearest_neighbors(patches, bank, k=1, chunk_size=self.config.search_chunk_size)
+        distances, nearest = self.nearest_in_bank(patches)
         patch_scores = distances.view(n, h * w)
         nearest = nearest.view(n, h * w)
 
