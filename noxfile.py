@@ -19,10 +19,13 @@ ROOT = Path(__file__).parent
 #: Every distribution in the repository: the core, the SDK, each plugin folder, the example plugin.
 PACKAGES = [
     "core",
+    "runtime",
     "sdk",
     *sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "plugins").glob("*/pyproject.toml")),
     "docs/examples/adcore-pixel-zscore",
 ]
+#: Optional parts the tests exercise (installed for the tests only): export (ONNX, OpenVINO) and serve (HTTP), the runtime's backends.
+EXTRAS = {"core": "[export,serve]", "runtime": "[onnx,openvino]"}
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 DATASETS = ROOT.parent / "shared" / "datasets"
 BOTTLE = DATASETS / "mvtec_ad" / "bottle"
@@ -33,7 +36,8 @@ nox.options.default_venv_backend = "none"
 
 def install(session: nox.Session, *groups: str) -> None:
     """Install the packages (editable) and dependency groups, skipping when nothing changed."""
-    requirements = [f"-e{ROOT / p}" for p in PACKAGES]
+    extras = EXTRAS if "test" in groups else {}  # the demo needs none of them
+    requirements = [f"-e{ROOT / p}{extras.get(p, '')}" for p in PACKAGES]
     for group in groups:
         requirements += nox.project.dependency_groups(PYPROJECT, group)
     fingerprint = hashlib.sha256("\n".join(requirements).encode())

@@ -60,6 +60,10 @@ _PUBLIC = {
     "distinct_levels": "adcore.config",
     # backbones and resources
     "create_feature_extractor": "adcore.backbones.feature_extractor",
+    "create_torchfx_extractor": "adcore.backbones.torchfx",
+    "TorchFXFeatureExtractor": "adcore.backbones.torchfx",
+    "graph_node_names": "adcore.backbones.torchfx",
+    "ImagePrediction": "adcore.image_prediction",
     "TimmFeatureExtractor": "adcore.backbones.feature_extractor",
     "RANDOM_INIT": "adcore.backbones.weights",
     "WeightsNotFoundError": "adcore.backbones.weights",

@@ -147,6 +147,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold,
         textures=args.textures,
+        tile=args.tile,
+        tile_stride=args.tile_stride,
     )
     if result.metrics is not None:
         _print_metrics(result.metrics)
@@ -171,6 +173,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         heatmaps=args.heatmaps,
         image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold,
+        tile=args.tile,
+        tile_stride=args.tile_stride,
     )
     _print_metrics(result.metrics)
     return 0
@@ -214,7 +218,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ):
             if value:
                 raise ValueError(f"{flag}: a checkpoint's parameters are fixed; pass them to fit (or use --model)")
-        detector, _ = load_checkpoint(args.checkpoint)
+        detector, metadata = load_checkpoint(args.checkpoint)
+        run = metadata.get("run") if isinstance(metadata.get("run"), dict) else {}
+        if args.tile is None and run.get("tile"):  # fitted on tiles: scored on tiles
+            args.tile, args.tile_stride = int(run["tile"]), run.get("tile_stride")
+            print(f"the checkpoint was fitted on tiles: --tile {args.tile} --tile-stride {args.tile_stride}", file=sys.stderr)
     else:
         detector = _detector_from_args(args)
         if detector.needs_fit:
@@ -230,14 +238,62 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _engine(args),
         table_format=args.format,
         heatmaps=args.heatmaps,
+        save_masks=args.save_masks,
+        save_maps=args.save_maps,
+        tile=args.tile,
+        tile_stride=args.tile_stride,
     )
     for row in result.rows:
         verdict = "" if "is_anomalous" not in row else ("  ANOMALOUS" if row["is_anomalous"] else "  normal")
-        print(f"{row['path']}: score {row['score']:.4f}{verdict}")
+        regions = f"  {len(row['regions'])} region(s)" if "regions" in row else ""
+        print(f"{row['path']}: score {row['score']:.4f}{verdict}{regions}")
+    written = [f"{result.heatmaps} heatmaps in {output}/heatmaps"]
+    written += [f"masks in {output}/masks"] if args.save_masks else []
+    written += [f"maps in {output}/maps"] if args.save_maps else []
+    print(f"wrote {output / f'predictions.{args.format}'}, {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from adcore.export import ExportError, export_checkpoint
+
+    try:
+        result = export_checkpoint(args.checkpoint, args.format, args.output, check=not args.no_check)
+    except ExportError as exc:  # a model whose forward cannot be traced: one line saying why
+        print(f"adcore: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(f) for f in result.files)}")
+    meta = result.metadata
+    height, width = meta["input"]["image_size"]
     print(
-        f"wrote {output / f'predictions.{args.format}'} and {result.heatmaps} heatmaps in {output}/heatmaps",
-        file=sys.stderr,
+        f"input: image (N, 3, {height}, {width}) RGB 0..1, batch {meta['input']['batch']}; "
+        f"outputs: {', '.join(meta['outputs'])}"
     )
+    if result.check is not None:
+        worst = max(result.check.values())
+        print(f"checked against PyTorch on random images: largest difference {worst:.2e}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from adcore.serve.app import create_app, run_server
+    except ImportError as exc:
+        raise ImportError(f"serve needs starlette and uvicorn: pip install 'adcore[serve]' ({exc})") from None
+    from adcore.serve.models import load_models
+
+    models = load_models(args.checkpoint, args.exported, device=args.device)
+    app = create_app(
+        models,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        allow_paths=args.allow_path,
+        max_image_bytes=int(args.max_image_mb * 1024**2),
+    )
+    names = ", ".join(f"{name} ({model.kind})" for name, model in models.items())
+    print(f"serving {names} on http://{args.host}:{args.port} (workers {args.workers}, queue {args.max_queue})",
+          file=sys.stderr)
+    run_server(app, args.host, args.port, graceful_timeout=args.graceful_timeout)
     return 0
 
 
@@ -268,6 +324,15 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allow-download", action="store_true", help="allow downloads (weights, resources) when no offline source exists"
+    )
+
+
+def _tiling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile", type=int, metavar="SIZE", help="score each image as SIZE x SIZE tiles at its own resolution"
+    )
+    parser.add_argument(
+        "--tile-stride", type=int, metavar="S", help="pixels between tile starts (default: SIZE, no overlap)"
     )
 
 
@@ -306,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies"
     )
+    _tiling(fit)
     _common(fit)
     fit.set_defaults(run=cmd_fit)
 
@@ -313,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--checkpoint", required=True)
     test.add_argument("--data", help="data to test on (default: the data the checkpoint was fitted on)")
     test.add_argument("--output", help="folder for metrics.json, predictions.csv, heatmaps")
+    _tiling(test)
     _common(test)
     test.set_defaults(run=cmd_test)
 
@@ -322,9 +389,41 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--output", default="predictions", help="folder for the table and heatmaps")
     predict.add_argument("--format", choices=("csv", "json"), default="csv")
+    predict.add_argument(
+        "--save-masks", action="store_true", help="write each image's predicted mask (PNG) at its own resolution"
+    )
+    predict.add_argument(
+        "--save-maps", action="store_true", help="write each image's raw anomaly map (float32 .npy) at its own resolution"
+    )
+    _tiling(predict)
     _model_options(predict)
     _common(predict)
     predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX, OpenVINO or TorchScript")
+    export.add_argument("--checkpoint", required=True, help="a fitted model (model.safetensors)")
+    export.add_argument("--format", required=True, choices=("onnx", "openvino", "torchscript"))
+    export.add_argument("--output", help="file to write (default: beside the checkpoint, .onnx / .xml / .torchscript.pt)")
+    export.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
+    export.set_defaults(run=cmd_export)
+    serve = commands.add_parser("serve", help="an HTTP inference service for checkpoints and exported models")
+    serve.add_argument("--checkpoint", action="append", metavar="FILE", help="a model.safetensors to serve; repeatable")
+    serve.add_argument("--exported", action="append", metavar="FILE", help="an exported .onnx / .xml to serve; repeatable")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="inference threads scoring at once (default 1)")
+    serve.add_argument(
+        "--max-queue", type=int, default=16, help="requests allowed to wait for a worker; more get 503 (default 16)"
+    )
+    serve.add_argument(
+        "--allow-path", action="append", metavar="DIR", help="let requests name image files under DIR; repeatable"
+    )
+    serve.add_argument("--max-image-mb", type=float, default=32.0, help="largest accepted image upload (default 32)")
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds to finish requests in flight on SIGTERM"
+    )
+    serve.add_argument("--device", default="cpu", help="device for checkpoints: cpu (default), cuda, cuda:1, ...")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -157,6 +157,24 @@ class AnomalyDetector(nn.Module):
         self.check_fitted()
         return self(images)
 
+    def predict_image(self, image: Any, *, tile: int | None = None, tile_stride: int | None = None) -> Any:
+        """Score one in-memory frame or file exactly as ``adcore predict`` scores that image.
+
+        ``image`` is a path, a PIL image, a NumPy array ``(H, W, 3)`` (uint8, or float in 0..1
+        or 0..255) or a torch tensor ``(3, H, W)``, RGB; it goes through the dataset's own
+        preprocessing (:func:`adcore.frames.to_rgb_image`, :func:`adcore.frames.model_input`).
+        ``tile``/``tile_stride`` score it as overlapping tiles (:func:`adcore.tiling.score_image`).
+        Returns an :class:`adcore.tiling.ImagePrediction`: raw and normalised score, verdict, and
+        the map, mask and regions at the image's own resolution. Runs on the detector's device.
+        """
+        from adcore.frames import to_rgb_image
+        from adcore.image_prediction import image_prediction
+        from adcore.tiling import score_image
+
+        self.check_fitted()
+        scored = score_image(self, to_rgb_image(image), tile=tile, stride=tile_stride)
+        return image_prediction(self, scored)
+
     @property
     def needs_fit(self) -> bool:
         return self.training_spec.kind != TrainingKind.NONE

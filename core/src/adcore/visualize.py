@@ -67,9 +67,12 @@ def render_panel(
         panel.paste(Image.fromarray(tile), (i * width, banner))
     verdict = "ANOMALOUS" if is_anomalous else "normal"
     text = f"{verdict}  score {score:.3f} (threshold 0.5)"
+    draw = ImageDraw.Draw(panel)
     if normalized_map is not None:
-        text += "   red: predicted region" + ("   green: ground truth" if gt_mask is not None else "")
-    ImageDraw.Draw(panel).text((4, 4), text, fill=(255, 80, 80) if is_anomalous else (120, 255, 120))
+        legend = "   red: predicted region" + ("   green: ground truth" if gt_mask is not None else "")
+        if draw.textlength(text + legend) <= panel.width - 8:  # narrow panels (tall images) keep the verdict only
+            text += legend
+    draw.text((4, 4), text, fill=(255, 80, 80) if is_anomalous else (120, 255, 120))
     return panel
 
 
