@@ -1,0 +1,1 @@
+"""EfficientAD for adcore; the package imports nothing (the detector loads on first use)."""
