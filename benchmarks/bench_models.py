@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 #: name -> (detector, parameters, engine precision)
 RUNS = {
@@ -37,7 +39,19 @@ RUNS = {
     "fastflow": ("fastflow", {}, "fp32"),
     # The paper's start (LayerNorm affine at 1 and 0) and learning rate: adcore's previous default.
     "fastflow-identity-init": ("fastflow", {"norm_init": "identity", "learning_rate": 1e-3}, "fp32"),
+    "reverse_distillation": ("reverse_distillation", {}, "fp32"),
+    "reverse_distillation-bf16-inference": ("reverse_distillation", {}, "bf16-inference"),
+    "reverse_distillation-multiply": ("reverse_distillation", {"map_fusion": "multiply"}, "fp32"),
+    "efficientad": ("efficientad", {"penalty_images": "{datasets}/imagenet_samples"}, "fp32"),
+    "efficientad-bf16": ("efficientad", {"penalty_images": "{datasets}/imagenet_samples"}, "bf16"),
+    "efficientad-medium": ("efficientad", {"model_size": "medium", "penalty_images": "{datasets}/imagenet_samples"}, "bf16"),
+    "draem": ("draem", {"image_size": 128, "textures": "{datasets}/dtd_subset"}, "fp32"),
+    "ganomaly": ("ganomaly", {"image_size": 32}, "fp32"),  # 256 px would be a 189 M-parameter GAN
+    "rkde": ("rkde", {}, "fp32"),
 }
+
+#: Where "{datasets}" in a run's parameters points: the real data beside the repository.
+DATASETS = os.environ.get("ADCORE_DATASETS", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 
 def run_child(command: list[str], label: str) -> dict | None:
@@ -58,7 +72,9 @@ def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int 
     from adcore.plugins import create_detector
 
     detector_name, params, precision = RUNS[name]
-    detector = create_detector(detector_name, seed=0, image_size=(image_size, image_size), **params)
+    params = {k: v.format(datasets=DATASETS) if isinstance(v, str) else v for k, v in params.items()}
+    size = params.pop("image_size", image_size)  # a run may fix its own input size
+    detector = create_detector(detector_name, seed=0, image_size=(size, size), **params)
     splits = load_data(f"mvtec:{data}")
     gradient = detector.training_spec.kind.value == "gradient"
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)

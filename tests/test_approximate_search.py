@@ -40,7 +40,7 @@ def test_few_probes_still_find_nearly_all_nearest_neighbours():
 
 def test_queries_whose_cells_hold_too_few_items_fall_back_to_the_exact_search():
     bank, queries = _data(2)
-    distances, indices = ApproximateNearestNeighbors(bank[:200], num_lists=5, num_probes=1).search(queries, k=150)
+    distances, _ = ApproximateNearestNeighbors(bank[:200], num_lists=5, num_probes=1).search(queries, k=150)
     exact_distances, _ = nearest_neighbors(queries, bank[:200], k=150)
     assert torch.isfinite(distances).all()
     assert torch.allclose(distances, exact_distances, atol=1e-4)

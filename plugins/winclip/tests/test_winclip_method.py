@@ -24,7 +24,7 @@ from adcore_winclip.model import (
     window_token_indices,
 )
 from adcore_winclip.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES, prompt_ensemble
-from adcore_winclip.testing import TINY_CONFIG, textures, white_squares, write_tiny_clip
+from adcore_winclip.testing import TINY_CONFIG, textures, write_tiny_clip
 
 
 @pytest.fixture(scope="module")
