@@ -18,7 +18,41 @@ from torch import nn
 from adcore.backbones.weights import AUTO, ResolvedWeights, resolve_weights
 
 
-class TimmFeatureExtractor(nn.Module):
+class FeatureMaps(nn.Module):
+    """What every feature extractor shares: ``channels``/``strides``, frozen or trainable, channels-last.
+
+    Subclasses set ``_channels``, ``_strides`` and ``frozen`` and implement ``_features``.
+    """
+
+    _channels: list[int]
+    _strides: list[int]
+    frozen: bool
+
+    @property
+    def channels(self) -> list[int]:
+        return list(self._channels)
+
+    @property
+    def strides(self) -> list[int]:
+        return list(self._strides)
+
+    def train(self, mode: bool = True) -> FeatureMaps:
+        # A frozen backbone keeps its batch-norm statistics even while its owner trains.
+        super().train(mode and not self.frozen)
+        return self
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        images = images.contiguous(memory_format=torch.channels_last)
+        if self.frozen:
+            with torch.no_grad():
+                return self._features(images)
+        return self._features(images)
+
+
+class TimmFeatureExtractor(FeatureMaps):
     """A :class:`adcore.protocols.FeatureExtractor` over a (pruned) timm model."""
 
     def __init__(
@@ -48,30 +82,11 @@ class TimmFeatureExtractor(nn.Module):
             self.model.eval()
             self.model.requires_grad_(False)
 
-    @property
-    def channels(self) -> list[int]:
-        return list(self._channels)
-
-    @property
-    def strides(self) -> list[int]:
-        return list(self._strides)
-
-    def train(self, mode: bool = True) -> TimmFeatureExtractor:
-        # A frozen backbone keeps its batch-norm statistics even while its owner trains.
-        super().train(mode and not self.frozen)
-        return self
-
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.uses_intermediates:
             return list(self.model.forward_intermediates(images, indices=list(self.layers), intermediates_only=True))
         return list(self.model(images))
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        images = images.contiguous(memory_format=torch.channels_last)
-        if self.frozen:
-            with torch.no_grad():
-                return self._features(images)
-        return self._features(images)
 
 
 def _load(model: nn.Module, resolved: ResolvedWeights, backbone: str) -> None:

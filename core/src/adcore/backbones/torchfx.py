@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from adcore.backbones.feature_extractor import FeatureMaps
 from adcore.backbones.weights import (
     AUTO,
     RANDOM_INIT,
@@ -148,7 +149,7 @@ def graph_node_names(backbone: str | nn.Module, train: bool = False) -> list[str
     return list(train_nodes if train else eval_nodes)
 
 
-class TorchFXFeatureExtractor(nn.Module):
+class TorchFXFeatureExtractor(FeatureMaps):
     """A :class:`adcore.protocols.FeatureExtractor` over an fx-traced network's named nodes."""
 
     def __init__(
@@ -194,29 +195,10 @@ class TorchFXFeatureExtractor(nn.Module):
             strides.append(max(1, round(probe_size[0] / output.shape[2])))
         return channels, strides
 
-    @property
-    def channels(self) -> list[int]:
-        return list(self._channels)
-
-    @property
-    def strides(self) -> list[int]:
-        return list(self._strides)
-
-    def train(self, mode: bool = True) -> TorchFXFeatureExtractor:
-        # A frozen backbone keeps its batch-norm statistics even while its owner trains.
-        super().train(mode and not self.frozen)
-        return self
-
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         outputs = self.model(images)
         return [outputs[node] for node in self.return_nodes]
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        images = images.contiguous(memory_format=torch.channels_last)
-        if self.frozen:
-            with torch.no_grad():
-                return self._features(images)
-        return self._features(images)
 
 
 def _load(model: nn.Module, graph: nn.Module, resolved: ResolvedWeights, name: str) -> None:
