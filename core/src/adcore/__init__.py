@@ -34,6 +34,7 @@ _PUBLIC = {
     "InputSpec": "adcore.protocols",
     "LearningType": "adcore.protocols",
     "Batch": "adcore.batch",
+    "VideoBatch": "adcore.batch",
     "DetectorCard": "adcore.card",
     # training phases
     "TrainingSpec": "adcore.training",

@@ -31,6 +31,11 @@ class InputSpec:
     image_size: tuple[int, int] = (256, 256)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: Frames per sample: 1 for image detectors; a video detector asks for clips of
+    #: ``clip_length`` frames, ``frame_stride`` apart, ending at the scored frame
+    #: (it then receives :class:`adcore.batch.VideoBatch`).
+    clip_length: int = 1
+    frame_stride: int = 1
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """RGB pixels in 0..255 (uint8 or float), channels at dim -3 -> the detector's input."""
