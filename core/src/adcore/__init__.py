@@ -82,6 +82,7 @@ _PUBLIC = {
     "TrainingDivergedError": "adcore.engine",
     "create_detector": "adcore.plugins",
     "load_data": "adcore.data.sources",
+    "default_input_size": "adcore.input_size",
     "save_checkpoint": "adcore.checkpoint",
     "load_checkpoint": "adcore.checkpoint",
     "fit_run": "adcore.run",

@@ -60,17 +60,41 @@ def _parameters(args: argparse.Namespace) -> dict:
     return values
 
 
-def _detector_from_args(args: argparse.Namespace):
+def _aspect_preserving_size(detector_class: type, data: str, args: argparse.Namespace) -> tuple[int, int] | None:
+    """The fit's default input size on ``data``: the training images' aspect ratio kept (or None: the config's)."""
+    from adcore.data import load_data
+    from adcore.input_size import default_input_size
+
+    splits = load_data(data, val_split=args.val_split, seed=args.seed)
+    size = default_input_size(detector_class, splits.train)
+    base = tuple(detector_class.Config().image_size)
+    if size is not None and size != base:
+        print(
+            f"input size {size[0]}x{size[1]} (height x width): keeps the training images' aspect ratio, "
+            f"short side {min(base)} (--image-size {min(base)} squashes them to a square)",
+            file=sys.stderr,
+        )
+    return size
+
+
+def _detector_from_args(args: argparse.Namespace, data: str | None = None):
+    """The detector the flags describe; with ``data`` (fit), its default input size keeps the data's aspect ratio."""
     import attrs
 
+    from adcore.input_size import parse_image_size
     from adcore.plugins import create_detector
 
     registry = get_registry()
     detector_class = registry.detector_class(args.model)
     values = _parameters(args)
     fields = {f.name for f in attrs.fields(detector_class.Config)}
+    image_size = None if args.image_size is None else parse_image_size(args.image_size)
+    if image_size is None and data is not None and "image_size" in fields and "image_size" not in values:
+        measured = _aspect_preserving_size(detector_class, data, args)
+        if measured is not None:
+            values["image_size"] = measured
     for flag, key, value in (
-        ("--image-size", "image_size", None if args.image_size is None else (args.image_size, args.image_size)),
+        ("--image-size", "image_size", image_size),
         ("--backbone", "backbone", args.backbone),
         ("--weights", "weights", args.weights),
     ):
@@ -135,7 +159,8 @@ def _print_metrics(metrics: dict) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from adcore.run import CHECKPOINT_NAME, fit_run
 
-    detector = _detector_from_args(args)  # seeded: it may draw random weights (STFPM's student)
+    # Seeded: it may draw random weights (STFPM's student). Tiles are square: no aspect to keep.
+    detector = _detector_from_args(args, data=args.data if args.tile is None else None)
     output = Path(args.output)
     result = fit_run(
         detector,
@@ -317,7 +342,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="detector parameter, repeatable")
-    parser.add_argument("--image-size", type=int, help="square input size (shortcut for --param image_size=)")
+    parser.add_argument(
+        "--image-size",
+        metavar="N|H,W",
+        help="input size: N (a square) or H,W (shortcut for --param image_size=); by default fit keeps the "
+        "training images' aspect ratio, the short side at the detector's size",
+    )
     parser.add_argument("--backbone", help="timm backbone name (shortcut for --param backbone=)")
     parser.add_argument(
         "--weights", help="backbone weights file (.safetensors/.pth), 'auto' or 'none' (random, on request)"

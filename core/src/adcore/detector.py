@@ -39,6 +39,12 @@ class AnomalyDetector(nn.Module):
     name: ClassVar[str] = ""
     learning_type: ClassVar[LearningType] = LearningType.ONE_CLASS
     Config: ClassVar[type] = type(None)
+    #: The input side lengths the architecture needs to be a multiple of (feature strides,
+    #: decoders that halve the image): the default input size keeps the data's aspect ratio
+    #: and rounds the long side to it (:mod:`adcore.input_size`).
+    size_multiple: ClassVar[int] = 32
+    #: True when the architecture only takes square inputs: non-square data is then squashed.
+    square_input: ClassVar[bool] = False
     #: Open only while the Engine fits with gradients (see :meth:`caching_frozen_features`).
     _frozen_feature_cache: FrozenFeatureCache | None = None
 

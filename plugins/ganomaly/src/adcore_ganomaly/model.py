@@ -229,6 +229,8 @@ def latent_distance(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
 class Ganomaly(AnomalyDetector):
     name = "ganomaly"
     Config = GanomalyConfig
+    #: The encoder halves a square image down to 4 x 4, as the paper's DCGAN.
+    square_input = True
 
     def __init__(self, config: GanomalyConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
