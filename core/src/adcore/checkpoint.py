@@ -153,10 +153,15 @@ def _check_post_processor(path: Path, detector: AnomalyDetector) -> None:
 
 
 def _smoke_test(detector: AnomalyDetector, size: tuple[int, int], device: str | torch.device) -> None:
-    """Score one black image at the checkpoint's input size; any failure means tensors and metadata disagree."""
+    """Score one black image (a clip of black frames for a video detector) at the checkpoint's input size.
+
+    Any failure means tensors and metadata disagree.
+    """
     height, width = size
+    length = max(1, int(detector.input_spec.clip_length))
+    shape = (1, 3, height, width) if length == 1 else (1, length, 3, height, width)
     with torch.inference_mode():
-        output = detector.predict(torch.zeros(1, 3, height, width, device=device))
+        output = detector.predict(torch.zeros(shape, device=device))
         if not isinstance(output, DetectorOutput):
             raise TypeError(f"predict returned {type(output).__name__}, not DetectorOutput")
         score, anomaly_map = output.pred_score, output.anomaly_map
