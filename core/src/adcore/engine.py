@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from adcore.batch import Batch
-from adcore.data.dataset import collate
+from adcore.data.video_dataset import collate_samples, is_video_dataset
 from adcore.detector import AnomalyDetector
 from adcore.metrics import compute_metrics, image_auroc
 from adcore.postprocess import DEFAULT_NORMAL_QUANTILE
@@ -142,7 +142,7 @@ class Engine:
             shuffle=shuffle,
             generator=generator,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_samples,
         )
 
     def _bar(self, iterable, description: str, total: int | None = None):
@@ -163,6 +163,7 @@ class Engine:
         """
         spec = detector.training_spec
         self._check_overrides(detector, spec)
+        check_video_data(detector, train)
         if spec.kind != TrainingKind.NONE and len(train) == 0:
             raise ValueError(f"{detector.name}: the training dataset is empty: there are no images to fit on")
         generator = seed_everything(self.seed)
@@ -347,13 +348,16 @@ class Engine:
     def predict(self, detector: AnomalyDetector, dataset, description: str = "predict") -> Predictions:
         """Raw scores and maps for every image of ``dataset``."""
         detector.check_fitted()
+        check_video_data(detector, dataset)
+        clips = detector.input_spec.clip_length > 1  # a video detector scores the clip ending at each frame
         detector.to(self.torch_device).eval()
         paths, scores, maps, labels, masks, regions = [], [], [], [], [], []
         started = time.perf_counter()
         with torch.inference_mode(), self.autocast():
             for batch in self._bar(self._loader(dataset, shuffle=False), description):
                 batch: Batch
-                output = detector.predict(batch.image.to(self.torch_device))
+                inputs = batch.frames if clips else batch.image
+                output = detector.predict(inputs.to(self.torch_device))
                 paths += batch.path
                 scores.append(output.pred_score.float().cpu())
                 if output.anomaly_map is not None:
@@ -391,6 +395,16 @@ class Engine:
             wrong = float((predicted.long() != predictions.labels).sum())
             metrics["image_f1_at_threshold"] = 2 * true_positives / max(2 * true_positives + wrong, 1.0)
         return metrics
+
+
+def check_video_data(detector: AnomalyDetector, dataset) -> None:
+    """A video detector (clips of more than one frame) refuses image data in one line."""
+    length = detector.input_spec.clip_length
+    if length > 1 and dataset is not None and len(dataset) > 0 and not is_video_dataset(dataset):
+        raise ValueError(
+            f"{detector.name} is a video detector (clips of {length} frames) and {type(dataset).__name__} holds "
+            "images: give it video data (video:PATH)"
+        )
 
 
 def _rng_state() -> tuple:

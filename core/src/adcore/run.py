@@ -91,6 +91,7 @@ def fit_run(
     folder = RunFolder(output)
     folder.check()  # an unwritable or full output fails now, not after the fit
     splits = load_data(data, val_split=val_split, seed=engine.seed) if isinstance(data, str) else data
+    check_data_kind(detector, splits, tile)
     validation_note = None
     if not splits.val and val_split == "same_as_test":
         splits, validation_note = _hold_out_for_thresholds(splits, engine.seed, engine.normal_quantile)
@@ -102,11 +103,11 @@ def fit_run(
     elif tile is not None:
         train = TileDataset(splits.train, detector.input_spec, tile, tile_stride, cache=cache)
     else:
-        train = AnomalyDataset(splits.train, detector.input_spec, cache=cache)
+        train = _dataset(splits, splits.train, detector, cache=cache)
     if splits.synthetic_val:
         val = SyntheticValidationSet(splits.val, detector.input_spec, seed=engine.seed, textures=textures)
     else:
-        val = AnomalyDataset(splits.val, detector.input_spec, has_masks=splits.has_masks) if splits.val else None
+        val = _dataset(splits, splits.val, detector, has_masks=splits.has_masks) if splits.val else None
     with folder as staging:
         say(
             f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, "
@@ -146,20 +147,52 @@ def fit_run(
                 test, predictions = val, val_predictions
                 metrics = engine.evaluate(detector, predictions)
             else:
-                test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
+                test = _dataset(splits, splits.test, detector, has_masks=splits.has_masks)
                 predictions = score_dataset(engine, detector, test, tile, tile_stride, description="test")
                 metrics = engine.evaluate(detector, predictions)
             metrics = {"model": detector.name, "data": splits.name, "fit_seconds": report["fit_seconds"], **metrics}
             atomic_write_json(staging / "metrics.json", metrics)
             result.rows = predictions_table(detector, predictions)
             write_table(staging / "predictions.csv", result.rows, "csv")
-            result.heatmaps = write_heatmaps(staging / "heatmaps", detector, test, predictions, heatmaps)
+            result.heatmaps = _visual_output(staging, detector, test, predictions, heatmaps)
             report["metrics"] = result.metrics = metrics
             result.predictions = predictions
         if report["history"]:
             save_loss_curve(report["history"], staging / "loss_curve.png", title=f"{detector.name} on {splits.name}")
         atomic_write_json(staging / "report.json", report)
     return result
+
+
+def check_data_kind(detector: AnomalyDetector, splits: DataSplits, tile: int | None = None) -> None:
+    """One-line errors for data the detector cannot take: image data for a video detector, tiles of video."""
+    length = detector.input_spec.clip_length
+    if length > 1 and not splits.video:
+        raise ValueError(
+            f"{detector.name} is a video detector (clips of {length} frames) and {splits.name} is image data: "
+            "give it video data (video:PATH)"
+        )
+    if splits.video and tile is not None:
+        raise ValueError(f"--tile: {splits.name} is video data; tiles are for images")
+
+
+def _dataset(
+    splits: DataSplits, records: list, detector: AnomalyDetector, has_masks: bool = False, cache: bool = False
+):
+    """The dataset of some of the splits' records: clips for video data, images otherwise."""
+    if splits.video:
+        from adcore.data.video_dataset import VideoDataset
+
+        return VideoDataset(records, detector.input_spec, has_masks=has_masks)
+    return AnomalyDataset(records, detector.input_spec, has_masks=has_masks, cache=cache)
+
+
+def _visual_output(staging: Path, detector: AnomalyDetector, dataset, predictions: Predictions, limit: int) -> int:
+    """Heatmap panels for images; for video, a contact sheet of the top frames and score-over-time plots."""
+    if getattr(dataset, "is_video", False):
+        from adcore.video_output import write_video_output
+
+        return write_video_output(staging / "heatmaps", detector, dataset, predictions, limit)
+    return write_heatmaps(staging / "heatmaps", detector, dataset, predictions, limit)
 
 
 def _hold_out_for_thresholds(splits: DataSplits, seed: int, quantile: float) -> tuple[DataSplits, dict]:
@@ -176,10 +209,16 @@ def _hold_out_for_thresholds(splits: DataSplits, seed: int, quantile: float) -> 
             "(pass --image-threshold, or more images)"
         )
         return splits, {"val_split": "same_as_test", "automatic": True, "images": 0, "message": message}
-    random.Random(seed).shuffle(normal)
-    count = max(1, round(len(normal) * NORMAL_ONLY_HOLD_OUT))
-    held = set(map(id, normal[:count]))
-    val = sorted(normal[:count], key=lambda r: str(r.path))
+    if splits.video:  # whole videos, or a single video's last frames: never random frames
+        from adcore.data.video_layouts import split_videos
+
+        held_records = split_videos(normal, NORMAL_ONLY_HOLD_OUT, seed)[0]
+    else:
+        random.Random(seed).shuffle(normal)
+        held_records = normal[: max(1, round(len(normal) * NORMAL_ONLY_HOLD_OUT))]
+    count = len(held_records)
+    held = set(map(id, held_records))
+    val = sorted(held_records, key=lambda r: str(r.path))
     train = [r for r in splits.train if id(r) not in held]
     fraction = f"{NORMAL_ONLY_HOLD_OUT:g}"
     message = (
@@ -303,7 +342,8 @@ def evaluate_run(
     splits = load_data(data, val_split=run.get("val_split", "same_as_test") if same_data else "same_as_test", seed=seed)
     if not splits.test:
         raise ValueError(f"{data}: no test images")
-    test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
+    check_data_kind(detector, splits, tile)
+    test = _dataset(splits, splits.test, detector, has_masks=splits.has_masks)
     predictions = score_dataset(engine, detector, test, tile, tile_stride, description="test")
     metrics = {"model": detector.name, "data": splits.name, **engine.evaluate(detector, predictions)}
     if tile is not None:
@@ -314,7 +354,7 @@ def evaluate_run(
         with folder as staging:
             atomic_write_json(staging / "metrics.json", metrics)
             write_table(staging / "predictions.csv", result.rows, "csv")
-            result.heatmaps = write_heatmaps(staging / "heatmaps", detector, test, predictions, heatmaps)
+            result.heatmaps = _visual_output(staging, detector, test, predictions, heatmaps)
     return result
 
 
@@ -343,6 +383,11 @@ def predict_run(
     check_tiling(tile, tile_stride)
     folder = RunFolder(output)
     folder.check()
+    if detector.input_spec.clip_length > 1:
+        raise ValueError(
+            f"{detector.name} is a video detector (clips of {detector.input_spec.clip_length} frames): "
+            "adcore predict scores images; run adcore test --data video:PATH on videos"
+        )
     dataset = AnomalyDataset(records, detector.input_spec)
     full_resolution = save_masks or save_maps or tile is not None
     post = detector.post_processor

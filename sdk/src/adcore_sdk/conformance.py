@@ -30,10 +30,15 @@ score without any fit and an empty training set is no error; few-shot ones fit o
 ``max_images`` their spec asks for.
 
 Class attributes tune the run (smaller images, fewer epochs); they cannot turn a check off.
+
+Video detectors (``InputSpec.clip_length > 1``) subclass :class:`VideoDetectorConformance`
+instead: the same checks on tiny generated videos (clips in, one prediction per scored frame),
+plus the clip contract and a one-line refusal of image data.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,8 +50,8 @@ from adcore.detector import AnomalyDetector, NotFittedError
 from adcore.engine import Engine, Predictions
 from adcore.metrics import image_auroc
 from adcore.plugins import PluginRegistry, create_detector, set_registry
-from adcore.training import TrainingKind
 from adcore.threads import torch_threads
+from adcore.training import TrainingKind
 
 
 class DetectorConformance:
@@ -262,3 +267,146 @@ class DetectorConformance:
         learned = [key for key in first if not key.startswith("post_processor.")]  # thresholds: calibration's
         changed = [key for key in learned if not torch.equal(first[key], other[key])]
         assert changed, "seeds 0 and 1 fit identical detectors: the run's seed does not reach the random draws"
+
+
+class VideoDetectorConformance(DetectorConformance):
+    """The kit for video detectors: subclass with ``detector`` (or ``detector_name``) and tiny ``params``.
+
+    The data is a tiny generated video set in the plain folder layout
+    (:func:`adcore.data.video_synthetic.make_video_folder`): three training videos of gliding
+    grey squares; two test videos where, for a quarter of each, a white square crosses the
+    frame fast (new in appearance and in speed), frame labels and masks included. Scoring
+    goes through :class:`adcore.data.video_dataset.VideoDataset`, so the detector receives
+    :class:`adcore.VideoBatch` when fitting and clips ``(N, T, 3, H, W)`` in ``predict``.
+
+    Reused from the image kit: discovery, fitting, same seed -> same scores, the checkpoint
+    round trip, obvious anomalies score higher, the empty training set, the card, the seed
+    reaching random draws. Changed for clips: output shapes, bad input (a wrong channel
+    count, NaN, a 4-D image batch), the unfitted detector. Added: the clip contract, one
+    prediction per scored frame, and image data refused in one line.
+    """
+
+    #: Alias of ``detector`` (either may be set).
+    detector_name: ClassVar[str] = ""
+    #: The clip length the detector declares with ``params`` (None: anything above 1).
+    clip_length: ClassVar[int | None] = None
+    #: Frames per generated video, and the side of its (square) frames.
+    video_frames: ClassVar[int] = 40
+    video_size: ClassVar[int] = 64
+    min_defect_auroc: ClassVar[float] = 0.8
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.detector_name and not cls.detector:
+            cls.detector = cls.detector_name
+
+    # -- fixtures ---------------------------------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_video_data(cls, tmp_path_factory) -> Path:
+        from adcore.data.video_synthetic import make_video_folder
+
+        root = tmp_path_factory.mktemp("adcore-video-conformance") / "videos"
+        return make_video_folder(root, n_train=3, n_test=2, frames=cls.video_frames, size=cls.video_size)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_splits(cls, conformance_video_data: Path, conformance_registry):
+        return load_data(f"video:folder:{conformance_video_data}")
+
+    @staticmethod
+    def dataset(detector: AnomalyDetector, records):
+        from adcore.data.video_dataset import VideoDataset
+
+        return VideoDataset(records, detector.input_spec, has_masks=any(r.mask is not None for r in records))
+
+    def clips(self, detector: AnomalyDetector, count: int = 3, channels: int = 3) -> torch.Tensor:
+        spec = detector.input_spec
+        return torch.rand(count, spec.clip_length, channels, *spec.image_size)
+
+    # -- the clip contract ------------------------------------------------------------------------
+    def test_declares_clips(self, conformance_registry):
+        spec = self.build(conformance_registry).input_spec
+        assert spec.clip_length > 1, (
+            f"{self.detector}: a video detector declares InputSpec.clip_length > 1, got {spec.clip_length}"
+        )
+        assert spec.frame_stride >= 1, f"{self.detector}: frame_stride must be at least 1, got {spec.frame_stride}"
+        if self.clip_length is not None:
+            assert spec.clip_length == self.clip_length, (
+                f"{self.detector}: clip_length {spec.clip_length}, the test expects {self.clip_length}"
+            )
+
+    def test_scores_each_scored_frame_once(self, fitted, conformance_splits):
+        detector, _, predictions = fitted
+        spec = detector.input_spec
+        first = (spec.clip_length - 1) * spec.frame_stride
+        expected = [r.path for r in conformance_splits.test if r.frame_index >= first]
+        assert predictions.paths == expected, "one prediction per scored frame, in the dataset's order"
+        assert len(predictions.scores) == len(expected)
+
+    def test_refuses_image_data(self, conformance_registry, adcore_conformance_data, tmp_path):
+        from adcore.run import fit_run
+
+        detector = self.build(conformance_registry)
+        with pytest.raises(ValueError, match=re.escape(self.detector)) as error:
+            fit_run(detector, f"mvtec:{adcore_conformance_data}", tmp_path / "run", self.engine(), say=lambda m: None)
+        assert "\n" not in str(error.value), "the refusal is one line"
+        images = load_data(f"mvtec:{adcore_conformance_data}")
+        with pytest.raises(ValueError, match=re.escape(self.detector)):
+            self.engine().fit(detector, AnomalyDataset(images.train, detector.input_spec), None)
+
+    # -- outputs for clips --------------------------------------------------------------------------
+    def test_outputs_have_documented_shapes_dtypes_and_ranges(self, fitted):
+        detector, engine, predictions = fitted
+        height, width = detector.input_spec.image_size
+        with torch.inference_mode():
+            output = detector.eval().predict(self.clips(detector))
+        assert output.pred_score.shape == (3,), (
+            f"pred_score must be (N,) per clip, got {tuple(output.pred_score.shape)}"
+        )
+        assert output.pred_score.dtype.is_floating_point
+        assert torch.isfinite(output.pred_score).all(), "pred_score has NaN or infinite values"
+        if output.anomaly_map is not None:
+            shape = tuple(output.anomaly_map.shape)
+            assert shape == (3, 1, height, width), f"anomaly_map must be (N, 1, H, W) for the scored frame, got {shape}"
+            assert torch.isfinite(output.anomaly_map).all(), "anomaly_map has NaN or infinite values"
+        if output.regions is not None:
+            assert len(output.regions) == 3, f"regions: one (K, 5) tensor per clip, got {len(output.regions)}"
+            for boxes in output.regions:
+                assert boxes.ndim == 2 and boxes.shape[1] == 5, f"regions must be (K, 5), got {tuple(boxes.shape)}"
+                assert torch.isfinite(boxes).all()
+        engine.calibrate(detector, predictions)
+        scores = detector.post_processor.normalize_scores(predictions.scores)
+        assert scores.min() >= 0 and scores.max() <= 1
+        if predictions.maps is not None:
+            maps = detector.post_processor.normalize_maps(predictions.maps)
+            assert maps.min() >= 0 and maps.max() <= 1
+
+    # -- bad input for clips ---------------------------------------------------------------------------
+    @pytest.mark.parametrize("channels", [1, 4])
+    def test_rejects_a_wrong_channel_count(self, fitted, channels):
+        detector = fitted[0]
+        with pytest.raises(ValueError, match=r"\S"), torch.inference_mode():
+            detector.eval().predict(self.clips(detector, 2, channels))
+
+    def test_rejects_nan_input(self, fitted):
+        detector = fitted[0]
+        clips = self.clips(detector, 2)
+        clips[1, -1, 0, 3, 3] = float("nan")
+        with pytest.raises(ValueError, match=r"(?i)nan|finite"), torch.inference_mode():
+            detector.eval().predict(clips)
+
+    def test_rejects_an_image_batch(self, fitted):
+        detector = fitted[0]
+        with pytest.raises(ValueError, match=r"\S"), torch.inference_mode():
+            detector.eval().predict(torch.rand(2, 3, *detector.input_spec.image_size))
+
+    def test_unfitted_detector_refuses_to_score(self, conformance_registry):
+        detector = self.build(conformance_registry)
+        clips = self.clips(detector, 1)
+        if detector.training_spec.kind == TrainingKind.NONE:
+            with torch.inference_mode():
+                assert detector.eval().predict(clips).pred_score.shape == (1,)
+            return
+        with pytest.raises(NotFittedError), torch.inference_mode():
+            detector.eval().predict(clips)

@@ -1,4 +1,9 @@
-"""Parse a data argument (``mvtec:PATH``, ``folder:normal=DIR,...``, ``elpv:mono``, or a path).
+"""Parse a data argument (``mvtec:PATH``, ``folder:normal=DIR,...``, ``elpv:mono``, ``video:...``, or a path).
+
+Video data: ``video:PATH`` (layout detected), ``video:ucsd:PATH``, ``video:avenue:PATH``,
+``video:shanghaitech:PATH`` or ``video:folder:PATH`` (:mod:`adcore.data.video_layouts`);
+records are frames, and validation splits take whole videos (or, from a single video, its
+last frames), never random frames.
 
 Validation data (for thresholds and normalisation) comes from ``val_split``:
 
@@ -34,6 +39,9 @@ class DataSplits:
     has_masks: bool
     #: The validation records are normal training images to be made half anomalous.
     synthetic_val: bool = False
+    #: Records are video frames (:class:`~adcore.data.video_layouts.VideoFrameRecord`): build
+    #: :class:`~adcore.data.video_dataset.VideoDataset` from them.
+    video: bool = False
 
 
 def _take_fraction(
@@ -85,12 +93,14 @@ def load_data(spec: str, val_split: str = "same_as_test", seed: int = 0) -> Data
             options["normal"], options.get("abnormal"), options.get("mask"), options.get("normal_test"), seed=seed
         )
         has_masks, name = "mask" in options, f"folder:{Path(options['normal']).name}"
+    elif kind == "video":
+        return _load_video(spec, rest, val_split, seed)
     elif kind == "elpv":
         train, test = elpv_records(rest or "mono", seed=seed)
         has_masks, name = False, f"elpv:{rest or 'mono'}"
     else:
         raise ValueError(
-            f"unknown data source {spec!r}: use mvtec:PATH, folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR], elpv[:mono|poly|all] or a path"
+            f"unknown data source {spec!r}: use mvtec:PATH, folder:normal=DIR[,abnormal=DIR,mask=DIR,normal_test=DIR], elpv[:mono|poly|all], video:[ucsd:|avenue:|shanghaitech:|folder:]PATH or a path"
         )
 
     mode, _, fraction_text = val_split.partition(":")
@@ -115,3 +125,37 @@ def load_data(spec: str, val_split: str = "same_as_test", seed: int = 0) -> Data
     if not train:
         raise ValueError(f"{spec}: no training images")
     return DataSplits(name=name, train=train, test=test, val=val, has_masks=has_masks, synthetic_val=mode == "synthetic")
+
+
+def _load_video(spec: str, rest: str, val_split: str, seed: int) -> DataSplits:
+    """``video:[LAYOUT:]PATH`` split as ``val_split`` asks, by whole videos (or one video's last frames)."""
+    from adcore.data.video_layouts import LAYOUTS, split_videos, video_records
+
+    layout, sep, path = rest.partition(":")
+    if not (sep and layout in LAYOUTS):
+        layout, path = "auto", rest
+    if not path:
+        raise ValueError(f"{spec}: give a folder, e.g. video:folder:PATH or video:PATH")
+    root = Path(path).expanduser()
+    train, test, has_masks = video_records(layout, root)
+    mode, _, fraction_text = val_split.partition(":")
+    if mode == "synthetic":
+        raise ValueError(
+            f"val_split {val_split!r}: synthetic anomalies are made for images; video data uses "
+            "same_as_test, from_test:F, from_train:F or none"
+        )
+    if mode in ("from_test", "from_train") and not (fraction_text and 0.0 < float(fraction_text) < 1.0):
+        raise ValueError(f"val_split {val_split!r} needs a fraction between 0 and 1, e.g. {mode}:0.2")
+    if mode == "same_as_test":
+        val = test
+    elif mode == "from_test":
+        val, test = split_videos(test, float(fraction_text), seed)
+    elif mode == "from_train":
+        val, train = split_videos(train, float(fraction_text), seed)
+    elif mode == "none":
+        val = []
+    else:
+        raise ValueError(f"unknown val_split {val_split!r}: same_as_test, from_test:F, from_train:F or none")
+    if not train:
+        raise ValueError(f"{spec}: no training frames")
+    return DataSplits(name=f"video:{root.name}", train=train, test=test, val=val, has_masks=has_masks, video=True)
