@@ -12,7 +12,6 @@ from adcore.detector import NotFittedError
 from adcore.engine import Engine
 from adcore.plugins import create_detector
 from adcore_cfa.descriptor import add_coordinates
-from adcore_cfa.kmeans import kmeans
 from adcore_cfa.model import LOSS_SCALE, Cfa, CfaConfig
 from safetensors.torch import load_file, save_file
 
@@ -99,15 +98,6 @@ def test_gamma_c_clusters_the_bank_and_gamma_d_shrinks_the_descriptor(splits):
     detector, _ = _fit(splits, epochs=0, gamma_c=4, gamma_d=2)
     channels = sum(detector.feature_extractor.channels)
     assert detector.memory_bank.shape == (8 * 8 // 4, channels // 2)
-
-
-def test_kmeans_recovers_separated_clusters():
-    torch.manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    points = (centres[:, None, :] + 0.1 * torch.randn(3, 50, 2)).reshape(-1, 2)
-    found = kmeans(points, 3)
-    matched = torch.cdist(centres, found).min(dim=1).values
-    assert (matched < 0.1).all()
 
 
 def test_loss_matches_the_papers_formula_with_both_terms_active():

@@ -35,10 +35,9 @@ from adcore import (
     to_int_tuple,
     to_size,
 )
-from adcore.components import UpsampleBlurMap, nearest_neighbors
+from adcore.components import UpsampleBlurMap, kmeans, nearest_neighbors
 
 from adcore_cfa.descriptor import PatchDescriptor
-from adcore_cfa.kmeans import kmeans
 
 #: The reference implementations scale the loss by 1 / nu with nu = 1e-3 (Deep SVDD's
 #: soft-boundary weight); with Adam the scale only matters relative to its epsilon.

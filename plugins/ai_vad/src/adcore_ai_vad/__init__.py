@@ -1,0 +1,1 @@
+"""AI-VAD for adcore (see model.py); importing the package imports nothing."""
