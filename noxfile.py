@@ -4,6 +4,7 @@ one environment of several GB instead of one per session.
     ./dev demo     fit PaDiM on real solar-cell images (ELPV), print metrics, write heatmaps
     ./dev tests    install everything and run the test suite
     ./dev bench    speed, memory and accuracy benchmarks on the MVTec bottle data
+    ./dev bench-suite  every model at its defaults on every category, beside anomalib (hours; resumable)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PACKAGES = [
     "docs/examples/adcore-pixel-zscore",
 ]
 #: Optional parts the tests exercise (installed for the tests only): export (ONNX, OpenVINO) and serve (HTTP), the runtime's backends.
-EXTRAS = {"core": "[export,serve]", "runtime": "[onnx,openvino]"}
+EXTRAS = {"core": "[export,serve,video]", "runtime": "[onnx,openvino]"}
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 DATASETS = ROOT.parent / "shared" / "datasets"
 BOTTLE = DATASETS / "mvtec_ad" / "bottle"
@@ -90,3 +91,13 @@ def bench(session: nox.Session) -> None:
     install(session, "test")
     data = os.environ.get("ADCORE_MVTEC_BOTTLE", str(BOTTLE))
     session.run(sys.executable, "benchmarks/bench_models.py", "--data", data, *session.posargs)
+
+
+@nox.session(name="bench-suite")
+def bench_suite(session: nox.Session) -> None:
+    """Every installed model at its defaults x every category, beside anomalib 2.7.0; cells cached (resumable)."""
+    install(session, "test")
+    env = {}
+    if "ADCORE_DATASETS" not in os.environ and DATASETS.is_dir():
+        env["ADCORE_DATASETS"] = str(DATASETS)
+    session.run(sys.executable, "benchmarks/bench_suite.py", *session.posargs, env=env)

@@ -36,6 +36,7 @@ RUNS = {
     "dfm-nll": ("dfm", {"score_type": "nll"}, "fp32"),
     "cfa": ("cfa", {}, "fp32"),
     "uflow": ("uflow", {}, "fp32"),
+    "uflow-no-standardize": ("uflow", {"standardize": False}, "fp32"),
     "fastflow": ("fastflow", {}, "fp32"),
     # The paper's start (LayerNorm affine at 1 and 0) and learning rate: adcore's previous default.
     "fastflow-identity-init": ("fastflow", {"norm_init": "identity", "learning_rate": 1e-3}, "fp32"),
@@ -65,20 +66,32 @@ def run_child(command: list[str], label: str) -> dict | None:
     return row
 
 
-def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int | None) -> dict:
+def run_one(
+    name: str, data: str, image_size: int | tuple[int, int] | None, batch_size: int, epochs: int | None
+) -> dict:
+    """One run in this process. ``data``: a data spec (``mvtec:PATH``, ``elpv:mono``, ...) or an MVTec folder.
+
+    ``image_size``: N (a square), (H, W), or None for what ``adcore fit`` gives the detector on
+    this data (the images' aspect ratio kept); a run's own ``image_size`` parameter wins.
+    """
     import torch
+    from adcore import default_input_size
     from adcore.data import AnomalyDataset, load_data
     from adcore.engine import Engine
-    from adcore.plugins import create_detector
+    from adcore.plugins import create_detector, get_registry
 
     detector_name, params, precision = RUNS[name]
     params = {k: v.format(datasets=DATASETS) if isinstance(v, str) else v for k, v in params.items()}
+    splits = load_data(data if ":" in data else f"mvtec:{data}")
     size = params.pop("image_size", image_size)  # a run may fix its own input size
-    detector = create_detector(detector_name, seed=0, image_size=(size, size), **params)
-    splits = load_data(f"mvtec:{data}")
+    if size is None:
+        size = default_input_size(get_registry().detector_class(detector_name), splits.train)
+    if isinstance(size, int):
+        size = (size, size)
+    detector = create_detector(detector_name, seed=0, **params, **({} if size is None else {"image_size": tuple(size)}))
     gradient = detector.training_spec.kind.value == "gradient"
     train = AnomalyDataset(splits.train, detector.input_spec, cache=gradient)
-    test = AnomalyDataset(splits.test, detector.input_spec, has_masks=True)
+    test = AnomalyDataset(splits.test, detector.input_spec, has_masks=splits.has_masks)
     fit_precision = "fp32" if precision == "bf16-inference" else precision
     engine = Engine(progress=False, batch_size=batch_size, precision=fit_precision, epochs=epochs, log=lambda m: None)
     report = engine.fit(detector, train, None)
@@ -96,6 +109,7 @@ def run_one(name: str, data: str, image_size: int, batch_size: int, epochs: int 
         "test_img_s": metrics["test_images_per_second"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
+        "image_size": list(detector.input_spec.image_size),
     }
 
 
