@@ -17,6 +17,7 @@ _PUBLIC = {
     "k_center_greedy": "coreset",
     "sharded_k_center_greedy": "coreset",
     "FrozenFeatureCache": "feature_cache",
+    "focal_loss": "focal_loss",
     "mlp_subnet": "flow",
     "conv_subnet": "flow",
     "all_in_one_flow": "flow",

@@ -57,7 +57,7 @@ from adcore import (
     to_bool,
     to_size,
 )
-from adcore.components import SyntheticAnomalies
+from adcore.components import SyntheticAnomalies, focal_loss
 from torch import nn
 
 TEXTURES = "textures"
@@ -229,16 +229,6 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # -- losses ------------------------------------------------------------------------------------
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Mean of ``-(1 - p_t)^gamma * log p_t``; p_t is the softmax probability of the true class.
-
-    ``logits`` (N, C, H, W), ``target`` (N, 1, H, W) class indices (the binary mask). Easy
-    pixels (p_t near 1), the vast majority, contribute almost nothing.
-    """
-    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target.long())
-    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
-
-
 def ssim_loss(first: torch.Tensor, second: torch.Tensor, window_size: int = 11) -> torch.Tensor:
     """``1 - mean SSIM`` over 11x11 Gaussian windows (kornia's SSIM, values in [0, 1])."""
     from kornia.metrics import ssim
