@@ -64,7 +64,7 @@ def aspect_preserving_size(base_size: tuple[int, int], aspect: float, multiple: 
     """
     short = min(base_size)
     long_side = short * max(aspect, 1.0 / aspect)
-    long_side = max(multiple, int(round(long_side / multiple)) * multiple)
+    long_side = max(multiple, round(long_side / multiple) * multiple)
     long_side = max(long_side, short)
     return (long_side, short) if aspect >= 1.0 else (short, long_side)
 
