@@ -56,7 +56,28 @@ def to_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def to_float_range(value: Any) -> tuple[float, float]:
+    """``"0.2,1"`` or ``[0.2, 1]`` -> ``(0.2, 1.0)``: a (low, high) pair, low <= high."""
+    if isinstance(value, str):
+        value = [float(v) for v in value.split(",") if v.strip()]
+    low, high = (float(v) for v in value)
+    if low > high:
+        raise ValueError(f"expected a range low,high with low <= high, got {value!r}")
+    return (low, high)
+
+
 # -- validators (attrs' signature: instance, attribute, value) ------------------------------
+def multiple_of(factor: int):
+    """Every entry of an int or a size tuple is a multiple of ``factor`` (networks that halve the image)."""
+
+    def check(_instance, attribute, value) -> None:
+        sizes = value if isinstance(value, tuple) else (value,)
+        if any(s % factor for s in sizes):
+            raise ValueError(f"{attribute.name} must be a multiple of {factor}, got {value!r}")
+
+    return check
+
+
 def at_least(minimum: float):
     """``value >= minimum``."""
 

@@ -6,8 +6,9 @@ import warnings
 import pytest
 import torch
 from adcore import VideoBatch
+from adcore.components import roi_features
 from adcore_ai_vad.density import GmmDensity, GroupedKnn, MinMax
-from adcore_ai_vad.features import OpenCvFlow, roi_features, velocity_histograms
+from adcore_ai_vad.features import OpenCvFlow, velocity_histograms
 from adcore_ai_vad.model import AiVad, paint
 from adcore_ai_vad.regions import BackgroundRegions, foreground_boxes
 

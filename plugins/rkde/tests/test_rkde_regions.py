@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from adcore_rkde.regions import GridRegions, filter_regions, grid_boxes, paint_regions, roi_features
+from adcore.components import roi_features
+from adcore_rkde.regions import GridRegions, filter_regions, grid_boxes, paint_regions
 
 
 def test_paint_regions_hand_checked():

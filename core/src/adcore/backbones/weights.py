@@ -77,7 +77,11 @@ def restoring_from_checkpoint():
 
 
 def load_weights_file(path: str | os.PathLike) -> dict:
-    """Read a state_dict from ``.safetensors`` or a ``.pt/.pth`` file, without unpickling objects."""
+    """Read a state_dict from ``.safetensors`` or a ``.pt/.pth`` file, without unpickling objects.
+
+    The one reader for every weights file a user names (backbones, teachers, latent models,
+    region detectors): tensors only, so a stranger's file cannot run code.
+    """
     import safetensors.torch
     import torch
 
@@ -90,8 +94,10 @@ def load_weights_file(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes a message naming the file
         raise WeightsNotFoundError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # training checkpoints keep the weights under one of these
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict):
         raise WeightsNotFoundError(f"{path}: expected a state_dict, found {type(state).__name__}")
     return state

@@ -37,6 +37,7 @@ _PUBLIC = {
     "nearest_neighbors": "nearest_neighbor",
     "PCA": "pca",
     "PooledFeatures": "pooling",
+    "roi_features": "roi",
     "SparseRandomProjection": "random_projection",
     "johnson_lindenstrauss_min_dim": "random_projection",
     "FeatureStandardizer": "standardize",

@@ -8,7 +8,7 @@
   magnitudes; dividing by the box's pixel count makes it a mean over the box, so a box of
   people walking right at 2 px/frame gives ``2`` in the "right" bin wherever it is.
 - **Deep features**: the region's RoI-aligned features of a frozen ImageNet backbone
-  (:func:`roi_features`, offline) or a CLIP image embedding of the region's crop
+  (:func:`adcore.components.roi_features`, offline) or a CLIP image embedding of the region's crop
   (:class:`ClipEmbedding`, a resource).
 - **Pose** (:class:`KeypointPose`): a torchvision Keypoint R-CNN's keypoint head run on the
   given boxes; the keypoints' coordinates relative to the box, divided by its width and
@@ -109,22 +109,6 @@ def velocity_histograms(flow: torch.Tensor, boxes: torch.Tensor, bins: int) -> t
         m = magnitude[y0:y1, x0:x1].reshape(-1)
         out[k] = torch.bincount(index[y0:y1, x0:x1].reshape(-1), weights=m, minlength=bins)[:bins] / m.numel()
     return out
-
-
-def roi_features(
-    features: list[torch.Tensor], strides: list[int], boxes: list[torch.Tensor], output_size: int
-) -> torch.Tensor:
-    """RoI-aligned backbone features of every box: (sum K_i, sum_l C_l * output_size^2)."""
-    if sum(len(b) for b in boxes) == 0:
-        dim = sum(f.shape[1] for f in features) * output_size**2
-        return features[0].new_zeros(0, dim)
-    per_level = [
-        roi_align(
-            f.float(), [b.float() for b in boxes], output_size, spatial_scale=1.0 / s, sampling_ratio=2, aligned=True
-        )
-        for f, s in zip(features, strides, strict=True)
-    ]
-    return torch.cat([p.flatten(1) for p in per_level], dim=1)
 
 
 class ClipEmbedding(nn.Module):

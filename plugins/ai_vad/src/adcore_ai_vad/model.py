@@ -48,6 +48,7 @@ from adcore import (
     VideoBatch,
     at_least,
     create_feature_extractor,
+    load_weights_file,
     one_of,
     positive,
     resolve_resource,
@@ -56,6 +57,7 @@ from adcore import (
     to_size,
     unit_interval,
 )
+from adcore.components import roi_features
 
 from adcore_ai_vad.density import GmmDensity, GroupedKnn
 from adcore_ai_vad.features import (
@@ -65,7 +67,6 @@ from adcore_ai_vad.features import (
     RaftFlow,
     build_clip,
     build_raft,
-    roi_features,
     velocity_histograms,
 )
 from adcore_ai_vad.regions import (
@@ -74,7 +75,6 @@ from adcore_ai_vad.regions import (
     BackgroundRegions,
     MaskRcnnRegions,
     build_detection_model,
-    read_state_dict,
 )
 
 REGION_SOURCES = ("background", "mask_rcnn")
@@ -135,7 +135,7 @@ def _torchvision_resource(name: str, path: str, parameter: str, offline: str):
     return resolve_resource(
         f"torchvision:{name}",
         path or None,
-        load_path=read_state_dict,
+        load_path=load_weights_file,
         hint=f"pass the {name} weights with --param {parameter}=FILE (a torchvision state_dict), or use {offline}",
     )
 

@@ -13,8 +13,6 @@ Two sources, both giving boxes ``(x0, y0, x1, y1)`` in input pixels:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
@@ -113,22 +111,6 @@ class MaskRcnnRegions(nn.Module):
             b, scores = b[keep], scores[keep]
             boxes.append(b[scores.argsort(descending=True)[: self.max_regions]].float())
         return boxes
-
-
-def read_state_dict(path: Path) -> dict:
-    """A state dict from ``.safetensors`` or ``.pt``/``.pth`` (tensors only, no pickled code)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        import safetensors.torch
-
-        return safetensors.torch.load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise TypeError(f"{path}: expected a state_dict, found {type(state).__name__}")
-    return state
 
 
 def build_detection_model(architecture: str, state_dict: dict) -> nn.Module:

@@ -51,10 +51,12 @@ from adcore import (
     ResourceNotFoundError,
     Stage,
     TrainingSpec,
+    multiple_of,
     non_negative,
     positive,
     resolve_resource,
     to_bool,
+    to_float_range,
     to_size,
 )
 from adcore.components import SyntheticAnomalies, focal_loss
@@ -63,24 +65,11 @@ from torch import nn
 TEXTURES = "textures"
 
 
-def _multiple_of_32(instance, attribute, value) -> None:
-    """The discriminative U-Net halves the resolution five times."""
-    sizes = value if isinstance(value, tuple) else (value,)
-    if any(s % 32 for s in sizes if s):
-        raise ValueError(f"{attribute.name} must be a multiple of 32, got {value}")
-
-
-def _to_range(value) -> tuple[float, float]:
-    if isinstance(value, str):
-        value = [float(v) for v in value.split(",")]
-    low, high = (float(v) for v in value)
-    return (low, high)
-
-
 @attrs.define
 class DraemConfig:
     #: 128 px whole images beat 256 px with 128 px crops at the same CPU cost (README); the paper: 256.
-    image_size: tuple[int, int] = attrs.field(default=(128, 128), converter=to_size, validator=_multiple_of_32)
+    #: The discriminative U-Net halves the resolution five times: sizes are multiples of 32.
+    image_size: tuple[int, int] = attrs.field(default=(128, 128), converter=to_size, validator=multiple_of(32))
     #: Width of the reconstructive sub-network (the paper: 128). Cost grows with its square.
     base_width: int = attrs.field(default=8, validator=positive)
     #: Width of the discriminative sub-network (the paper: 64).
@@ -90,11 +79,11 @@ class DraemConfig:
     #: The paper: 1e-4 for 700 epochs; the short CPU budget uses 1e-3.
     learning_rate: float = attrs.field(default=1e-3, validator=positive)
     #: Train on random square crops of this side (0: whole images). Scoring always sees whole images.
-    train_crop: int = attrs.field(default=0, validator=[non_negative, _multiple_of_32])
+    train_crop: int = attrs.field(default=0, validator=[non_negative, multiple_of(32)])
     #: Folder of texture images for the anomalies ("" : a resource provider's images:textures, else none).
     textures: str = ""
     #: Range of the image's weight inside the mask (official code: the texture's weight is 0.2..1).
-    beta: tuple[float, float] = attrs.field(default=(0.0, 0.8), converter=_to_range)
+    beta: tuple[float, float] = attrs.field(default=(0.0, 0.8), converter=to_float_range)
     anomaly_probability: float = attrs.field(default=0.5)
     ssim_weight: float = attrs.field(default=1.0, validator=non_negative)
     focal_gamma: float = attrs.field(default=2.0, validator=non_negative)

@@ -50,9 +50,12 @@ from adcore import (
     InputSpec,
     Stage,
     TrainingSpec,
+    load_weights_file,
+    multiple_of,
     non_negative,
     positive,
     resolve_resource,
+    to_float_range,
     to_size,
 )
 from adcore.components import SyntheticAnomalies, focal_loss
@@ -63,25 +66,16 @@ from adcore_dsr.latent import DiscreteLatentModel, ImageDecoder
 RESOURCE = "dsr:vq_latent"
 
 
-def _multiple_of_32(instance, attribute, value) -> None:
-    """The anomaly detection U-Net halves the resolution four times, the latent model three."""
-    if any(s % 32 for s in value):
-        raise ValueError(f"{attribute.name} must be a multiple of 32, got {value}")
-
-
-def _to_range(value) -> tuple[float, float]:
-    if isinstance(value, str):
-        value = [float(v) for v in value.split(",")]
-    low, high = (float(v) for v in value)
+def _strength_range(_instance, attribute, value) -> None:
+    low, high = value
     if not 0 < low <= high <= 1:
-        raise ValueError(f"strength must be a range inside (0, 1], got {value}")
-    return (low, high)
+        raise ValueError(f"{attribute.name} must be a range inside (0, 1], got {value}")
 
 
 @attrs.define
 class DsrConfig:
     #: The paper: 256 px.
-    image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=_multiple_of_32)
+    image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=multiple_of(32))
     #: Epochs of the object-specific stage (the paper: 100 on a GPU). 10 + 2 is an estimate of
     #: 30 minutes on 2 idle cores (README), not a measured run.
     epochs: int = attrs.field(default=10, validator=non_negative)
@@ -99,24 +93,12 @@ class DsrConfig:
     #: A latent model file (safetensors or torch state dict); "" uses the resource dsr:vq_latent.
     latent_weights: str = ""
     #: Range of the fraction of the codebook (the most distant entries) a replacement is drawn from.
-    strength: tuple[float, float] = attrs.field(default=(0.2, 1.0), converter=_to_range)
+    strength: tuple[float, float] = attrs.field(default=(0.2, 1.0), converter=to_float_range, validator=_strength_range)
     #: Fraction of training images that get an anomaly (both stages).
     anomaly_probability: float = attrs.field(default=0.5)
     focal_gamma: float = attrs.field(default=2.0, validator=non_negative)
     #: Side of the mean filter applied to the detection map before taking its maximum.
     score_filter: int = attrs.field(default=21, validator=positive)
-
-
-def load_latent_file(path) -> dict[str, torch.Tensor]:
-    """A latent model state dict from ``.safetensors`` or a torch file (float32)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    return {k: v.float() for k, v in state.items()}
 
 
 # -- the modules trained per category ------------------------------------------------------------
@@ -219,7 +201,7 @@ class Dsr(AnomalyDetector):
         resolved = resolve_resource(
             RESOURCE,
             cfg.latent_weights or None,
-            load_path=load_latent_file,
+            load_path=load_weights_file,
             hint="install adcore-weights-dsr-latent, or pass --param latent_weights=FILE (a DSR latent model state dict)",
         )
         self.latent_source = resolved.source

@@ -39,8 +39,6 @@ under bfloat16 autocast in channels_last (oneDNN/AMX), the fast path on recent C
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import attrs
 import torch
 import torch.nn.functional as F
@@ -54,6 +52,7 @@ from adcore import (
     ResourceNotFoundError,
     Stage,
     TrainingSpec,
+    load_weights_file,
     one_of,
     positive,
     resolve_resource,
@@ -170,18 +169,6 @@ class Autoencoder(nn.Module):
         return self.head(x)
 
 
-def load_teacher_file(path: Path) -> dict[str, torch.Tensor]:
-    """A teacher PDN state dict from ``.safetensors`` or a torch file (float32)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    return {k: v.float() for k, v in state.items()}
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -198,7 +185,7 @@ class EfficientAd(AnomalyDetector):
         resolved = resolve_resource(
             f"efficientad:pdn_{cfg.model_size}",
             cfg.teacher_weights or None,
-            load_path=load_teacher_file,
+            load_path=load_weights_file,
             hint="install adcore-weights-pdn-teachers, or pass --param teacher_weights=FILE (a PDN state dict)",
         )
         state = {k: v.float() for k, v in resolved.value.items()}

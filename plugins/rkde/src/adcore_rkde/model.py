@@ -40,6 +40,7 @@ from adcore import (
     InputSpec,
     at_least,
     create_feature_extractor,
+    load_weights_file,
     one_of,
     positive,
     resolve_resource,
@@ -47,7 +48,7 @@ from adcore import (
     to_size,
     unit_interval,
 )
-from adcore.components import PCA, GaussianKDE
+from adcore.components import PCA, GaussianKDE, roi_features
 
 from adcore_rkde.regions import (
     FASTER_RCNN_ARCHITECTURES,
@@ -56,8 +57,6 @@ from adcore_rkde.regions import (
     build_faster_rcnn,
     filter_regions,
     paint_regions,
-    read_state_dict,
-    roi_features,
 )
 
 REGION_SOURCES = ("grid", "faster_rcnn")
@@ -124,7 +123,7 @@ class Rkde(AnomalyDetector):
             resolved = resolve_resource(
                 f"torchvision:{cfg.detector_architecture}",
                 cfg.detector_weights or None,
-                load_path=read_state_dict,
+                load_path=load_weights_file,
                 hint="pass the Faster R-CNN weights with --param detector_weights=FILE (a torchvision state_dict), "
                 "or use the offline default --param region_source=grid",
             )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -113,24 +112,6 @@ def grid_boxes(image_size: tuple[int, int], scales: Sequence[float], overlap: fl
     return torch.cat(boxes)
 
 
-def roi_features(
-    feature_maps: Sequence[torch.Tensor], strides: Sequence[int], boxes: list[torch.Tensor], output_size: int
-) -> torch.Tensor:
-    """RoI-align every box of every image on every map, flattened and concatenated: (sum K, D)."""
-    parts = []
-    for feature, stride in zip(feature_maps, strides, strict=True):
-        aligned = roi_align(
-            feature.float(),
-            [b.float() for b in boxes],
-            output_size=output_size,
-            spatial_scale=1.0 / stride,
-            sampling_ratio=2,
-            aligned=True,
-        )
-        parts.append(aligned.flatten(1))
-    return torch.cat(parts, dim=1)
-
-
 class GridRegions(nn.Module):
     """The offline region source: a multi-scale grid ranked by the backbone's feature energy."""
 
@@ -153,22 +134,6 @@ class GridRegions(nn.Module):
         mean_energy = mean_energy.view(n, -1)
         confidence = mean_energy / mean_energy.amax(dim=1, keepdim=True).clamp_min(1e-12)
         return [boxes] * n, list(confidence)
-
-
-def read_state_dict(path: Path) -> dict:
-    """A Faster R-CNN state_dict from ``.safetensors`` or ``.pt``/``.pth`` (tensors only, no pickled code)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        import safetensors.torch
-
-        return safetensors.torch.load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise TypeError(f"{path}: expected a Faster R-CNN state_dict, found {type(state).__name__}")
-    return state
 
 
 def build_faster_rcnn(architecture: str, state_dict: dict) -> nn.Module:
@@ -244,6 +209,4 @@ __all__ = [
     "filter_regions",
     "grid_boxes",
     "paint_regions",
-    "read_state_dict",
-    "roi_features",
 ]
