@@ -1,17 +1,18 @@
 """EfficientAD-S on the real MVTec bottle data, with a tiny budget, through the Engine.
 
-Defaults except the budget: 256 px, the packaged PDN-S teacher, ImageNet samples as penalty
-images, bf16, batch 4, 15 steps at learning rate 1e-3 (71 s of CPU time measured with one
-thread: well under 90 s on an idle 2-core machine).
+Defaults except the budget and the student's loss: 256 px, the packaged PDN-S teacher,
+ImageNet samples as penalty images, bf16, batch 4, 15 steps at learning rate 1e-3, and plain MSE
+for the student (``hard_feature_quantile=0``). The paper's hard-feature loss trains on only the
+top 0.1 % of differences; with the teacher shipped since 1 December (held-out r 0.505) 15 such
+steps moved the student's mean imitation error only from 1.022 to 1.019, too little for a test
+to tell learning from noise. The hard-feature loss itself is unit-tested in the plugin.
 
-At this budget the detector does NOT yet separate defects (measured: image AUROC 0.49,
-pixel AUROC 0.50; the plugin README has the numbers), so an AUROC floor would be meaningless.
-The test checks instead what a broken student, autoencoder, optimiser or normalisation
-would fail: after 15 steps the student imitates the teacher (error 1.030 -> 0.984) and the
-autoencoder reconstructs it (1.0263 -> 1.0218) better on unseen normal images than the same
-networks before training (same seed: deterministic); the held-out quantiles are set and
-ordered; scores are finite. The hard-feature loss trains on only the top 0.1 % of differences,
-hence the slow start.
+At this budget the detector does NOT yet separate defects (the plugin README has the numbers),
+so an AUROC floor would be meaningless. The test checks instead what a broken student,
+autoencoder, optimiser or normalisation would fail: after 15 steps the student imitates the
+teacher (error 1.022 -> 0.742) and the autoencoder reconstructs it (1.017 -> 0.968) better on
+unseen normal images than the same networks before training (same seed: deterministic); the
+held-out quantiles are set and ordered; scores are finite.
 """
 
 import pytest
@@ -32,7 +33,12 @@ def _errors(detector, images):
 
 
 def test_efficientad_small_learns_on_bottle_with_a_tiny_budget(bottle_dir, shared_dataset):
-    params = {"steps": 15, "learning_rate": 1e-3, "penalty_images": str(shared_dataset("imagenet_samples"))}
+    params = {
+        "steps": 15,
+        "learning_rate": 1e-3,
+        "hard_feature_quantile": 0.0,
+        "penalty_images": str(shared_dataset("imagenet_samples")),
+    }
     detector = create_detector("efficientad", seed=0, **params)
     untrained = create_detector("efficientad", seed=0, **params)  # the same initial networks
     splits = load_data(f"mvtec:{bottle_dir}")
@@ -48,8 +54,8 @@ def test_efficientad_small_learns_on_bottle_with_a_tiny_budget(bottle_dir, share
     student_after, autoencoder_after = _errors(detector.eval(), images)
     student_before, autoencoder_before = _errors(untrained.eval(), images)
     errors = {"student": (student_before, student_after), "autoencoder": (autoencoder_before, autoencoder_after)}
-    assert student_after < 0.97 * student_before, errors  # measured 1.030 -> 0.984 (only the hardest 0.1 % train)
-    # measured 1.0263 -> 1.0218: the best constant (0) is where the autoencoder starts; 15 steps barely move it
+    assert student_after < 0.97 * student_before, errors  # measured 1.022 -> 0.742
+    # measured 1.0172 -> 0.9677: the best constant (0) is where the autoencoder starts; 15 steps move it little
     assert autoencoder_after < 0.998 * autoencoder_before, errors
 
     _, predictions = engine.test(detector, AnomalyDataset(splits.test, detector.input_spec, has_masks=True))
