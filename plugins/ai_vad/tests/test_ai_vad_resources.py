@@ -92,7 +92,7 @@ def test_raft_small_loads_from_a_weights_file_and_measures_flow(tmp_path):
     flow = detector.flow(first, first)
     assert flow.shape == (1, 2, 60, 76) and torch.isfinite(flow).all()
     with pytest.raises(RuntimeError):
-        build_raft("raft_large", torch.load(path))  # another architecture's weights do not load
+        build_raft("raft_large", torch.load(path, weights_only=True))  # another architecture's weights do not load
 
 
 def test_torchvision_detection_state_dicts_load_into_the_named_architecture():
