@@ -4,6 +4,7 @@ import pytest
 import torch
 from adcore.components.coreset import (
     KCenterGreedy,
+    StreamingCoreset,
     _dense_k_center_greedy,
     k_center_greedy,
     sharded_k_center_greedy,
@@ -170,3 +171,38 @@ def test_sampler_uses_shards_when_asked():
     assert not torch.equal(torch.sort(exact).values, torch.sort(sharded).values)
     with pytest.raises(ValueError, match="shard_size"):
         KCenterGreedy(0.1, shard_size=0)
+
+
+def test_streaming_coreset_in_one_block_selects_what_the_sampler_selects():
+    points = torch.randn(900, 24, generator=torch.Generator().manual_seed(4))
+    sampler = KCenterGreedy(0.1, projection_dim=8, seed=3, shard_size=256)
+    expected = points[sampler.sample(points)]
+    streaming = StreamingCoreset(sampler, block_rows=None)
+    for chunk in points.split(100):
+        streaming.add(chunk)
+    assert torch.equal(streaming.finish(), expected)
+
+
+def test_streaming_coreset_blocks_bound_the_buffer_and_cover_every_block():
+    generator = torch.Generator().manual_seed(5)
+    points = torch.rand(1000, 3, generator=generator)  # few dimensions: covering is what greedy selection wins
+    streaming = StreamingCoreset(KCenterGreedy(0.1, projection_dim=16, seed=0, shard_size=128), block_rows=300)
+    largest = 0
+    for chunk in points.split(100):
+        streaming.add(chunk)
+        largest = max(largest, streaming._pending_rows)
+    bank = streaming.finish()
+    assert largest <= 300 and streaming.blocks == 0  # finish resets
+    assert 95 <= bank.shape[0] <= 100  # a tenth of each block (4 blocks: 300, 300, 300, 100 rows)
+    # every selected row is a training row, and the coreset covers far better than its size at random
+    distances = torch.cdist(points, bank).min(dim=1).values
+    assert (bank[:, None, :] == points[None]).all(dim=2).any(dim=1).all()
+    random_bank = points[torch.randperm(1000, generator=generator)[: bank.shape[0]]]
+    assert distances.max() < torch.cdist(points, random_bank).min(dim=1).values.max()
+
+
+def test_streaming_coreset_rejects_bad_block_sizes_and_empty_fits():
+    with pytest.raises(ValueError, match="block_rows"):
+        StreamingCoreset(KCenterGreedy(0.1), block_rows=0)
+    with pytest.raises(ValueError, match="no rows"):
+        StreamingCoreset(KCenterGreedy(0.1)).finish()

@@ -157,3 +157,16 @@ def test_list_images_is_sorted_and_skips_hidden_and_other_files(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "c.tif"]
     with pytest.raises(FileNotFoundError, match="not a directory"):
         list_images(tmp_path / "nope")
+
+
+def test_resized_pixels_are_contiguous_channels_first():
+    """Every image path's input tensor: (3, H, W) uint8, contiguous (strided views slow every later op)."""
+    import numpy as np
+    from adcore.data.image_io import resized_pixels
+    from PIL import Image
+
+    array = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    pixels = resized_pixels(Image.fromarray(array), (40, 60))  # same size: no interpolation
+    assert pixels.shape == (3, 40, 60) and pixels.dtype.is_floating_point is False
+    assert pixels.is_contiguous()
+    assert (pixels.permute(1, 2, 0).numpy() == array).all()

@@ -207,3 +207,96 @@ def test_pixel_metrics_from_one_sort_equal_the_separate_computations(levels):
     assert combined["pixel_f1_max"] == pytest.approx(f1_max(maps.flatten(), masks.flatten().long())[0], abs=1e-6)
     with pytest.raises(ValueError, match="masks must be 0/1"):
         pixel_metrics(maps, masks * 2)
+
+
+# -- binned pixel metrics (maps spilled to disk) ----------------------------------------------
+def _random_case(seed: int, levels: int | None = None):
+    """Maps and masks with a random number of regions per image, overlapping score ranges."""
+    generator = torch.Generator().manual_seed(seed)
+    n, size = int(torch.randint(2, 7, (1,), generator=generator)), 24
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        for _ in range(int(torch.randint(0, 3, (1,), generator=generator))):
+            y, x, h, w = torch.randint(0, size - 4, (4,), generator=generator).tolist()
+            masks[i, :, y : y + 1 + h % 8, x : x + 1 + w % 8] = 1
+    masks[0, :, 0:3, 0:3] = 1  # at least one region
+    shift = float(torch.rand(1, generator=generator)) * 2
+    maps = torch.randn(n, 1, size, size, generator=generator).exp() + shift * masks
+    if levels:  # many ties
+        maps = (maps * levels).round() / levels
+    return maps, masks
+
+
+@pytest.mark.parametrize("bins", [4, 16, 64, 1024])
+def test_binned_error_bounds_are_true_bounds(bins):
+    from adcore.metrics import binned_pixel_metrics, pixel_metrics
+
+    for seed in range(25):
+        maps, masks = _random_case(seed, levels=10 if seed % 3 == 0 else None)
+        exact = pixel_metrics(maps, masks)
+        binned = binned_pixel_metrics(maps, masks, bins=bins, chunk_size=2)
+        assert binned["pixel_metrics_binned"] is True and binned["pixel_metrics_bins"] == bins
+        for key in ("pixel_auroc", "pixel_aupro", "pixel_f1_max"):
+            assert abs(binned[key] - exact[key]) <= binned[f"{key}_error_bound"] + 1e-9, (seed, key)
+        assert binned["pixel_f1_max"] <= exact["pixel_f1_max"] + 1e-12  # edges are real thresholds
+
+
+def test_binned_metrics_with_many_bins_match_the_exact_ones_on_structured_maps():
+    from adcore.metrics import binned_pixel_metrics, pixel_metrics
+
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.zeros(6, 1, 48, 48)
+    masks[3:, :, 10:20, 12:30] = 1
+    masks[4, :, 30:40, 30:44] = 1
+    maps = torch.rand(6, 1, 48, 48, generator=generator) + 0.6 * masks
+    exact = pixel_metrics(maps, masks)
+    binned = binned_pixel_metrics(maps, masks, chunk_size=4)  # the default 2**20 bins
+    for key in ("pixel_auroc", "pixel_aupro", "pixel_f1_max"):
+        assert binned[f"{key}_error_bound"] < 1e-4
+        assert binned[key] == pytest.approx(exact[key], abs=binned[f"{key}_error_bound"] + 1e-12)
+
+
+def test_binned_metrics_of_separable_maps_are_exact_and_by_hand():
+    from adcore.metrics import binned_pixel_metrics
+
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[1, :, 1:3, 1:3] = 1
+    maps = masks * 2.0  # normal 0, anomalous 2: two bins far apart, no shared bin
+    binned = binned_pixel_metrics(maps, masks, bins=8)
+    assert binned["pixel_auroc"] == 1.0 and binned["pixel_auroc_error_bound"] == 0.0
+    assert binned["pixel_aupro"] == pytest.approx(1.0) and binned["pixel_f1_max"] == 1.0
+    # One bin: every pair's order is hidden, AUROC 0.5 with the largest bound 0.5.
+    one = binned_pixel_metrics(maps, masks, bins=1)
+    assert one["pixel_auroc"] == 0.5 and one["pixel_auroc_error_bound"] == 0.5
+    assert binned_pixel_metrics(maps, torch.zeros_like(masks)) == {}
+    with pytest.raises(ValueError, match="NaN"):
+        binned_pixel_metrics(maps * float("nan"), masks)
+
+
+def test_image_auroc_and_f1_max_match_torchmetrics_with_and_without_ties():
+    """The sort-based curves give torchmetrics' numbers (it is a test dependency, not a runtime one)."""
+    from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
+
+    generator = torch.Generator().manual_seed(0)
+    for case in range(60):
+        n = int(torch.randint(2, 200, (1,), generator=generator))
+        if case % 2:  # few distinct values: many ties, raw units far outside [0, 1]
+            scores = torch.randint(0, 12, (n,), generator=generator).float() * 37.5 + 900.0
+        else:
+            scores = torch.randn(n, generator=generator) * 50
+        labels = torch.randint(0, 2, (n,), generator=generator)
+        if labels.min() == labels.max():
+            continue
+        unit = ((scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)).double()
+        assert image_auroc(scores, labels) == pytest.approx(float(binary_auroc(unit, labels)), abs=1e-6)
+        precision, recall, _ = binary_precision_recall_curve(unit, labels)
+        expected = float((2 * precision * recall / (precision + recall).clamp_min(1e-12))[:-1].max())
+        assert f1_max(scores, labels)[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_metrics_do_not_import_torchmetrics():
+    import subprocess
+    import sys
+
+    code = "import sys, adcore.metrics as m, torch; m.image_auroc(torch.rand(4), torch.tensor([0,1,0,1])); print('torchmetrics' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

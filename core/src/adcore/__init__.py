@@ -43,6 +43,7 @@ _PUBLIC = {
     "Stage": "adcore.training",
     "Budget": "adcore.training",
     "Optimization": "adcore.training",
+    "gather_rows": "adcore.distributed",
     # protocols of the building blocks
     "FeatureExtractor": "adcore.protocols",
     "DensityEstimator": "adcore.protocols",

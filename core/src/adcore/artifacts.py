@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def _display_size(width: int, height: int, input_size: tuple[int, int]) -> tuple
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+#: Most threads that draw and encode heatmap panels at once (PNG encoding and image decoding
+#: release the GIL, so panels overlap on several cores).
+HEATMAP_THREADS = 4
+
+
 def write_heatmaps(directory: Path, detector: AnomalyDetector, dataset, predictions: Predictions, limit: int) -> int:
     """Panels for up to ``limit`` images spread evenly over the dataset (all defect types).
 
@@ -75,7 +81,13 @@ def write_heatmaps(directory: Path, detector: AnomalyDetector, dataset, predicti
     with its longer side as long as the detector input's longer side; the map and mask are
     resized to that. Images a dataset changes when decoding (synthetic
     anomalies) are shown as decoded, at the input size.
+
+    Panels are read, drawn and PNG-encoded by a few threads (decoding and zlib release the
+    GIL); every one is written before this returns, so the run folder is still committed
+    complete or not at all, and the files are the same whatever the thread count.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from adcore.data.image_io import read_image, read_mask
     from adcore.data.synthetic_validation import SyntheticValidationSet
     from adcore.tiling import resize_map
@@ -88,9 +100,11 @@ def write_heatmaps(directory: Path, detector: AnomalyDetector, dataset, predicti
     chosen = sorted({round(i * (count - 1) / max(n - 1, 1)) for i in range(n)})
     scores = post.normalize_scores(predictions.scores)
     has_maps = predictions.maps is not None and not torch.isnan(post.pixel_threshold)
-    for index in chosen:
+    synthetic = isinstance(dataset, SyntheticValidationSet)
+
+    def write_one(index: int) -> None:
         record = dataset.records[index]
-        if isinstance(dataset, SyntheticValidationSet):
+        if synthetic:
             pixels, gt = dataset.raw(index)
             image = tensor_to_uint8(pixels)
             gt_mask = None if gt is None else gt[0].numpy()
@@ -108,6 +122,15 @@ def write_heatmaps(directory: Path, detector: AnomalyDetector, dataset, predicti
             display = post.normalize_maps(resize_map(predictions.maps[index, 0], *image.shape[:2])).numpy()
         panel = render_panel(image, display, float(scores[index]), bool(scores[index] >= 0.5), gt_mask)
         save_panel(directory / f"{file_stem(index, record)}.png", panel)
+
+    workers = max(1, min(HEATMAP_THREADS, os.cpu_count() or 1, len(chosen)))
+    if workers == 1:
+        for index in chosen:
+            write_one(index)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adcore-heatmaps") as pool:
+            # list(): wait for every panel and raise the first error here, before the folder is committed.
+            list(pool.map(write_one, chosen))
     return len(chosen)
 
 

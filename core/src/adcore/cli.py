@@ -68,7 +68,7 @@ def _aspect_preserving_size(detector_class: type, data: str, args: argparse.Name
     splits = load_data(data, val_split=args.val_split, seed=args.seed)
     size = default_input_size(detector_class, splits.train)
     base = tuple(detector_class.Config().image_size)
-    if size is not None and size != base:
+    if size is not None and size != base and os.environ.get("RANK", "0") == "0":
         print(
             f"input size {size[0]}x{size[1]} (height x width): keeps the training images' aspect ratio, "
             f"short side {min(base)} (--image-size {min(base)} squashes them to a square)",
@@ -156,7 +156,29 @@ def _print_metrics(metrics: dict) -> None:
     print(format_metrics(metrics))
 
 
+def _launch_processes(args: argparse.Namespace) -> int | None:
+    """``--nproc N``: start N processes of this command with torchrun (None: run here)."""
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc == 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    from adcore.distributed import launch
+
+    argv, skip = [], False
+    for token in args.argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            argv.append(token)
+    return launch(argv, args.nproc)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
+    launched = _launch_processes(args)
+    if launched is not None:
+        return launched
     from adcore.run import CHECKPOINT_NAME, fit_run
 
     # Seeded: it may draw random weights (STFPM's student). Tiles are square: no aspect to keep.
@@ -175,6 +197,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         tile=args.tile,
         tile_stride=args.tile_stride,
     )
+    if result.output is None:  # another process of a multi-process fit: process 0 reports
+        return 0
     if result.metrics is not None:
         _print_metrics(result.metrics)
         print(
@@ -401,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--normal-quantile", type=float, default=0.99, help="threshold quantile when validation has no anomalies"
     )
+    fit.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fit with N processes on this machine (torch.distributed via torchrun; see docs/scale.md)",
+    )
     _tiling(fit)
     _common(fit)
     fit.set_defaults(run=cmd_fit)
@@ -459,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.plugins is not None:
         os.environ[LOAD_PLUGINS_ENV] = args.plugins
         set_registry(None)

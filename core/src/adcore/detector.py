@@ -45,6 +45,9 @@ class AnomalyDetector(nn.Module):
     size_multiple: ClassVar[int] = 32
     #: True when the architecture only takes square inputs: non-square data is then squashed.
     square_input: ClassVar[bool] = False
+    #: True when :meth:`combine_shards` merges what each process's share of a pass accumulated,
+    #: so a multi-process fit (:mod:`adcore.distributed`) splits the passes between processes.
+    supports_sharded_fit: ClassVar[bool] = False
     #: Open only while the Engine fits with gradients (see :meth:`caching_frozen_features`).
     _frozen_feature_cache: FrozenFeatureCache | None = None
 
@@ -91,6 +94,17 @@ class AnomalyDetector(nn.Module):
 
     def fit_end(self) -> None:
         """Called once after the last phase: finish what the phases accumulated."""
+
+    def combine_shards(self) -> None:
+        """Multi-process fit, after each pass, in every process: merge the shards' accumulations.
+
+        Each process saw a contiguous share of the pass's images, in order. Sum with
+        :func:`adcore.distributed.all_sum` or gather rows with
+        :func:`adcore.distributed.gather_rows`, so every process holds what one process would
+        have accumulated (the pass's end and later stages need it); process 0 alone runs
+        :meth:`fit_end`. Only called when ``supports_sharded_fit`` is True.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets supports_sharded_fit but does not implement combine_shards")
 
     # -- the one-pass default (memory bank and density models) --------------------------
     def fit_batch(self, batch: Batch) -> None:

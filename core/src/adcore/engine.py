@@ -23,11 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from adcore import distributed
 from adcore.batch import Batch
 from adcore.data.video_dataset import collate_samples, is_video_dataset
 from adcore.detector import AnomalyDetector
 from adcore.metrics import compute_metrics, image_auroc
 from adcore.postprocess import DEFAULT_NORMAL_QUANTILE
+from adcore.prediction_store import DEFAULT_CHUNK_IMAGES, PredictionStore, StoredArray, is_stored
 from adcore.seed import resolve_device, seed_everything
 from adcore.training import HELD_OUT, TRAIN, Budget, Optimization, Pass, Stage, TrainingKind, TrainingSpec
 
@@ -40,19 +42,55 @@ class TrainingDivergedError(RuntimeError):
 
 @attrs.define
 class Predictions:
-    """Raw detector outputs over a dataset, with its ground truth where known."""
+    """Raw detector outputs over a dataset, with its ground truth where known.
+
+    ``maps`` and ``masks`` are tensors, or, for runs too large for memory,
+    :class:`~adcore.prediction_store.StoredArray` objects reading from a temporary file
+    (same ``[index]``, ``[a:b]``, ``[index, 0]``, ``.shape``, ``len``; :meth:`chunks` and
+    :meth:`read_maps` work on both). See :mod:`adcore.prediction_store`.
+    """
 
     paths: list[str]
     scores: torch.Tensor  # (N,)
-    maps: torch.Tensor | None  # (N, 1, H, W)
+    maps: torch.Tensor | StoredArray | None  # (N, 1, H, W)
     labels: torch.Tensor | None  # (N,)
-    masks: torch.Tensor | None  # (N, 1, H, W)
+    masks: torch.Tensor | StoredArray | None  # (N, 1, H, W)
     seconds: float = 0.0
     regions: list[torch.Tensor] | None = None  # per image (K, 5): x0, y0, x1, y1, score (input pixels)
 
     @property
     def images_per_second(self) -> float:
         return len(self.paths) / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether maps/masks were spilled to temporary files (metrics are then binned)."""
+        return is_stored(self.maps) or is_stored(self.masks)
+
+    def read_maps(self, indices) -> torch.Tensor | None:
+        """Maps of some images (a list of indices), reading only those when on disk."""
+        return None if self.maps is None else self.maps[list(indices)]
+
+    def read_masks(self, indices) -> torch.Tensor | None:
+        return None if self.masks is None else self.masks[list(indices)]
+
+    def chunks(
+        self, size: int = DEFAULT_CHUNK_IMAGES
+    ) -> Iterator[tuple[int, torch.Tensor | None, torch.Tensor | None]]:
+        """``(start, maps, masks)`` for ``size`` images at a time (None where absent)."""
+        for start in range(0, len(self.paths), size):
+            stop = start + size
+            yield (
+                start,
+                None if self.maps is None else self.maps[start:stop],
+                None if self.masks is None else self.masks[start:stop],
+            )
+
+    def close(self) -> None:
+        """Remove spilled maps/masks now (otherwise when these predictions are garbage-collected)."""
+        for values in (self.maps, self.masks):
+            if is_stored(values):
+                values._directory.close()
 
 
 class OptimizerSteps:
@@ -97,6 +135,10 @@ class OptimizerSteps:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Several processes: average the gradients (DDP's arithmetic), so every process takes the same step.
+        distributed.average_gradients(
+            p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]
+        )
         for name, optimizer in zip(names, optimizers):
             if self.stage.gradient_clip_norm is not None:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -133,7 +175,7 @@ class Engine:
     # -- helpers ---------------------------------------------------------------------------
     @property
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+        return distributed.local_device(resolve_device(self.device))
 
     def _loader(self, dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
         return DataLoader(
@@ -145,8 +187,22 @@ class Engine:
             collate_fn=collate_samples,
         )
 
+    def _train_loader(self, dataset, generator: torch.Generator) -> DataLoader:
+        """Shuffled training batches; with several processes, this process's share of each global batch."""
+        if distributed.world_size() == 1:
+            return self._loader(dataset, shuffle=True, generator=generator)
+        sampler = distributed.ShardedBatchSampler(
+            len(dataset), self.batch_size, generator, distributed.world_size(), distributed.rank()
+        )
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_samples)
+
     def _bar(self, iterable, description: str, total: int | None = None):
-        return tqdm(iterable, desc=description, total=total, disable=not self.progress, leave=False, file=sys.stderr)
+        show = self.progress and distributed.is_main_process()
+        return tqdm(iterable, desc=description, total=total, disable=not show, leave=False, file=sys.stderr)
+
+    def _say(self, message: str) -> None:
+        if distributed.is_main_process():
+            self.log(message)
 
     def autocast(self):
         """bf16 autocast (AMX on recent x86 CPUs, tensor cores on GPUs) when asked for."""
@@ -160,14 +216,25 @@ class Engine:
 
         ``val`` also serves validation during training (``validate_every``), which scores a
         copy of the detector completed as if training stopped there.
+
+        Launched by torchrun (``adcore fit --nproc N``), the processes share the work
+        (:mod:`adcore.distributed`); process 0 ends with the fitted detector, the others
+        return after the last phase with ``report["process"]`` set and their detector unfinished.
         """
         spec = detector.training_spec
         self._check_overrides(detector, spec)
         check_video_data(detector, train)
         if spec.kind != TrainingKind.NONE and len(train) == 0:
             raise ValueError(f"{detector.name}: the training dataset is empty: there are no images to fit on")
+        several = distributed.initialize(self.torch_device)
         generator = seed_everything(self.seed)
         detector.to(self.torch_device)
+        if several:
+            distributed.broadcast_parameters(detector)
+            # Augmentations differ between processes (their images do); the data order stays shared.
+            torch.manual_seed(self.seed + 1_000_003 * distributed.rank())
+            if not detector.supports_sharded_fit and any(isinstance(p, Pass) for p in spec.phases):
+                self._say(f"{detector.name} cannot combine shards: every process reads all images in its passes")
         streams = self._streams(spec, train, generator)
         started = time.perf_counter()
         history: list[dict] = []
@@ -179,6 +246,8 @@ class Engine:
                     self._run_pass(detector, phase, streams)
                 else:
                     history += self._run_stage(detector, index, streams, generator, spec, val)
+            if not distributed.is_main_process():  # process 0 finishes the fit; this one's part is done
+                return {"fit_seconds": time.perf_counter() - started, "history": history, "process": distributed.rank()}
             detector.fit_end()
         detector.is_fitted.fill_(True)
         report: dict = {
@@ -187,6 +256,8 @@ class Engine:
             "phases": spec.describe(),
             "images": {name: len(data) for name, data in streams.items() if data is not None},
         }
+        if several:
+            report["processes"] = distributed.world_size()
         if calibrate and val is not None and len(val) > 0:
             report["calibration"] = self.calibrate(detector, self.predict(detector, val, description="calibrate"))
         return report
@@ -228,14 +299,26 @@ class Engine:
             return streams[name]
         return detector.auxiliary_data(name)
 
-    def _run_pass(self, detector: AnomalyDetector, phase: Pass, streams: dict) -> None:
+    def _run_pass(self, detector: AnomalyDetector, phase: Pass, streams: dict, shared: bool = True) -> None:
+        """One pass; ``shared`` (the fit itself): several processes split it when the detector combines shards."""
         data = self._stream(detector, phase.stream, streams)
         if data is None:
             raise ValueError(f"{detector.name}: pass '{phase.name}' has no data in stream '{phase.stream}'")
+        sharded = shared and distributed.world_size() > 1 and detector.supports_sharded_fit
+        if sharded:
+            part = distributed.shard(len(data))
+            if len(part) == 0:
+                raise ValueError(
+                    f"{distributed.world_size()} processes need at least as many images as processes "
+                    f"in pass '{phase.name}', got {len(data)}"
+                )
+            data = Subset(data, list(part))
         detector.eval()
         with torch.no_grad(), self.autocast():
             for batch in self._bar(self._loader(data, shuffle=False), f"{phase.name} ({detector.name})"):
                 phase.on_batch(batch.to(self.torch_device))
+        if sharded:
+            detector.combine_shards()
         if phase.on_end is not None:
             phase.on_end()
 
@@ -245,7 +328,7 @@ class Engine:
         for offset, name in enumerate(stage.auxiliary, start=1):
             data = detector.auxiliary_data(name)
             if data is None:
-                self.log(f"{detector.name}: stage '{stage.name}' trains without auxiliary stream '{name}' (no data)")
+                self._say(f"{detector.name}: stage '{stage.name}' trains without auxiliary stream '{name}' (no data)")
                 continue
             generator = torch.Generator().manual_seed(self.seed + 7919 * offset)  # its own order, not the train's
             iterators[name] = _endless(self._loader(data, shuffle=True, generator=generator))
@@ -255,7 +338,7 @@ class Engine:
         self, detector: AnomalyDetector, index: int, streams: dict, generator: torch.Generator, spec: TrainingSpec, val
     ) -> list[dict]:
         stage: Stage = spec.phases[index]
-        loader = self._loader(streams[TRAIN], shuffle=True, generator=generator)
+        loader = self._train_loader(streams[TRAIN], generator)
         epochs = self.epochs if self.epochs is not None and stage.epochs is not None else stage.epochs
         steps = self.steps if self.steps is not None and stage.steps is not None else stage.steps
         budget = Budget(epochs=epochs, steps=steps, steps_per_epoch=len(loader))
@@ -295,10 +378,11 @@ class Engine:
             record = {"stage": stage.name, "epoch": steps_out.epoch, "step": done}
             record.update({name: sum(values) / len(values) for name, values in losses.items() if values})
             record["seconds"] = time.perf_counter() - epoch_started
-            if every and val is not None and len(val) and steps_out.epoch % every == 0:
+            due = every and val is not None and len(val) and steps_out.epoch % every == 0
+            if due and distributed.is_main_process():  # the other processes go on to the next step
                 record["val_image_auroc"] = self._validate(detector, index, streams, val)
             history.append(record)
-            self.log(
+            self._say(
                 f"{stage.name} epoch {steps_out.epoch}/{epochs_total}: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("stage", "epoch"))
             )
@@ -327,7 +411,7 @@ class Engine:
                 phases[index].on_end()
             for phase in phases[index + 1 :]:
                 if isinstance(phase, Pass):
-                    self._run_pass(snapshot, phase, streams)
+                    self._run_pass(snapshot, phase, streams, shared=False)
             snapshot.fit_end()
             snapshot.is_fitted.fill_(True)
             snapshot._frozen_feature_cache = None
@@ -345,43 +429,41 @@ class Engine:
         )
 
     # -- inference ----------------------------------------------------------------------------
-    def predict(self, detector: AnomalyDetector, dataset, description: str = "predict") -> Predictions:
-        """Raw scores and maps for every image of ``dataset``."""
+    def predict(
+        self, detector: AnomalyDetector, dataset, description: str = "predict", spill_bytes: int | None = None
+    ) -> Predictions:
+        """Raw scores and maps for every image of ``dataset``.
+
+        Maps and masks stay in memory up to ``spill_bytes`` (default 256 MB, or
+        ``ADCORE_SPILL_MB``), then go to a temporary file (:class:`PredictionStore`), so memory
+        stays flat in the number of images.
+        """
         detector.check_fitted()
         check_video_data(detector, dataset)
         clips = detector.input_spec.clip_length > 1  # a video detector scores the clip ending at each frame
         detector.to(self.torch_device).eval()
-        paths, scores, maps, labels, masks, regions = [], [], [], [], [], []
+        store = PredictionStore(spill_bytes)
         started = time.perf_counter()
         with torch.inference_mode(), self.autocast():
             for batch in self._bar(self._loader(dataset, shuffle=False), description):
                 batch: Batch
                 inputs = batch.frames if clips else batch.image
                 output = detector.predict(inputs.to(self.torch_device))
-                paths += batch.path
-                scores.append(output.pred_score.float().cpu())
-                if output.anomaly_map is not None:
-                    maps.append(output.anomaly_map.float().cpu())
-                if output.regions is not None:
-                    regions += [r.float().cpu() for r in output.regions]
-                if batch.label is not None:
-                    labels.append(batch.label)
-                if batch.mask is not None:
-                    masks.append(batch.mask)
-        seconds = time.perf_counter() - started
-        return Predictions(
-            paths=paths,
-            scores=torch.cat(scores),
-            maps=torch.cat(maps) if maps else None,
-            labels=torch.cat(labels) if len(labels) == len(scores) else None,
-            masks=torch.cat(masks) if len(masks) == len(scores) else None,
-            seconds=seconds,
-            regions=regions if len(regions) == len(paths) else None,
-        )
+                store.append(
+                    paths=batch.path,
+                    scores=output.pred_score.float().cpu(),
+                    maps=None if output.anomaly_map is None else output.anomaly_map.float().cpu(),
+                    labels=batch.label,
+                    masks=batch.mask,
+                    regions=None if output.regions is None else [r.float().cpu() for r in output.regions],
+                )
+        return store.finish(seconds=time.perf_counter() - started)
 
-    def test(self, detector: AnomalyDetector, dataset) -> tuple[dict[str, float], Predictions]:
-        """Metrics over a labelled dataset (pixel metrics when it has masks)."""
-        predictions = self.predict(detector, dataset, description="test")
+    def test(
+        self, detector: AnomalyDetector, dataset, spill_bytes: int | None = None
+    ) -> tuple[dict[str, float], Predictions]:
+        """Metrics over a labelled dataset (pixel metrics when it has masks; binned when spilled)."""
+        predictions = self.predict(detector, dataset, description="test", spill_bytes=spill_bytes)
         return self.evaluate(detector, predictions), predictions
 
     def evaluate(self, detector: AnomalyDetector, predictions: Predictions) -> dict[str, float]:

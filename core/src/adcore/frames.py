@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adcore.data.image_io import ImageReadError, _to_8bit, read_image
+from adcore.data.image_io import ImageReadError, _to_8bit, read_image, resized_pixels
 
 
 # -- frames in any form -> the RGB picture a file would have given -----------------------------
@@ -105,6 +105,4 @@ def to_rgb_image(image: Any, name: str = "<frame>") -> Image.Image:
 
 def model_input(image: Image.Image, image_size: tuple[int, int]) -> torch.Tensor:
     """The uint8 ``(3, h, w)`` tensor :class:`AnomalyDataset` makes of ``image`` (same resize, same rounding)."""
-    height, width = image_size
-    resized = image.resize((width, height), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
+    return resized_pixels(image, image_size)

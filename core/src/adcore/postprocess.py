@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adcore.metrics import f1_max
+from adcore.metrics import f1_max, f1_threshold, pixel_histograms, score_range
+from adcore.prediction_store import is_stored
 
 DEFAULT_NORMAL_QUANTILE = 0.99
 _PIXEL_SAMPLE = 2_000_000  # pixels used for the pixel threshold search
@@ -72,7 +73,9 @@ class PostProcessor(nn.Module):
         self.image_min.fill_(float(scores.min()))
         self.image_max.fill_(float(scores.max()))
         summary: dict[str, object] = {"image_threshold": image_threshold, "image_threshold_rule": image_rule}
-        if maps is not None:
+        if maps is not None and (is_stored(maps) or is_stored(masks)):
+            summary.update(self._calibrate_pixels_binned(maps, masks, labels, normal_quantile))
+        elif maps is not None:
             if masks is not None and masks.max() > 0:
                 flat_maps, flat_masks = _subsample(maps.flatten(), masks.flatten().long())
                 pixel_threshold, pixel_rule = f1_max(flat_maps, flat_masks)[1], "f1"
@@ -83,6 +86,31 @@ class PostProcessor(nn.Module):
             self.pixel_min.fill_(float(maps.min()))
             self.pixel_max.fill_(float(maps.max()))
             summary.update(pixel_threshold=pixel_threshold, pixel_threshold_rule=pixel_rule)
+        return summary
+
+    def _calibrate_pixels_binned(self, maps, masks, labels: torch.Tensor | None, normal_quantile: float) -> dict:
+        """Pixel threshold and min/max from histograms over chunks (maps spilled to disk).
+
+        F1 rule: the bin edge with the best F1 (the in-memory rule searches a 2M-pixel sample
+        instead). Quantile rule: the histogram's quantile, off by at most
+        ``pixel_threshold_error_bound`` (about one bin width of 2**20 over the score range).
+        """
+        low, high = score_range(maps)
+        histograms = pixel_histograms(maps, masks, value_range=(low, high)) if masks is not None else None
+        summary: dict[str, object] = {"pixel_threshold_binned": True}
+        if histograms is not None and histograms.positive.sum() > 0:
+            pixel_threshold, pixel_rule = f1_threshold(histograms), "f1"
+        else:
+            select = None if labels is None else labels.flatten() == 0
+            if histograms is None or select is not None:
+                histograms = pixel_histograms(maps, None, select=select, value_range=(low, high))
+            pixel_threshold, error = histograms.quantile(normal_quantile)
+            pixel_rule = "quantile"
+            summary["pixel_threshold_error_bound"] = error
+        self.pixel_threshold.fill_(pixel_threshold)
+        self.pixel_min.fill_(low)
+        self.pixel_max.fill_(high)
+        summary.update(pixel_threshold=pixel_threshold, pixel_threshold_rule=pixel_rule)
         return summary
 
     def set_manual_threshold(self, image: float | None = None, pixel: float | None = None) -> None:
@@ -107,6 +135,8 @@ class PostProcessor(nn.Module):
 
     def normalize_maps(self, maps: torch.Tensor) -> torch.Tensor:
         self._require(self.pixel_threshold, "pixel")
+        if is_stored(maps):  # whole spilled maps (callers that loop over images pass one at a time)
+            maps = maps.to_tensor()
         return self._normalize(maps, self.pixel_threshold, self.pixel_min, self.pixel_max)
 
     def summary(self) -> dict[str, float | None]:

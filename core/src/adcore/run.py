@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import torch
 
+from adcore import distributed
 from adcore.artifacts import environment, predictions_table, write_full_resolution, write_heatmaps, write_table
 from adcore.checkpoint import load_checkpoint, save_checkpoint
 from adcore.data import AnomalyDataset, load_data
@@ -27,6 +28,7 @@ from adcore.data.synthetic_validation import SyntheticValidationSet
 from adcore.detector import AnomalyDetector
 from adcore.engine import Engine, Predictions
 from adcore.io import atomic_write_json
+from adcore.prediction_store import PredictionStore
 from adcore.regions import detector_regions, find_regions, scale_regions
 from adcore.run_folder import RunFolder
 from adcore.tiling import TileDataset, resize_map, score_image, tile_boxes
@@ -88,14 +90,18 @@ def fit_run(
     check_tiling(tile, tile_stride)
     if tile is not None and val_split.startswith("synthetic"):
         raise ValueError("--tile: synthetic validation anomalies are made at the input size; use another --val-split")
+    distributed.initialize(engine.torch_device)  # launched by torchrun: process 0 writes the run
+    main_process = distributed.is_main_process()
     folder = RunFolder(output)
-    folder.check()  # an unwritable or full output fails now, not after the fit
+    if main_process:
+        folder.check()  # an unwritable or full output fails now, not after the fit
     splits = load_data(data, val_split=val_split, seed=engine.seed) if isinstance(data, str) else data
     check_data_kind(detector, splits, tile)
     validation_note = None
     if not splits.val and val_split == "same_as_test":
         splits, validation_note = _hold_out_for_thresholds(splits, engine.seed, engine.normal_quantile)
-        say(validation_note["message"])
+        if main_process:
+            say(validation_note["message"])
     spec = detector.training_spec
     cache = spec.kind == TrainingKind.GRADIENT
     if not splits.train:
@@ -108,6 +114,10 @@ def fit_run(
         val = SyntheticValidationSet(splits.val, detector.input_spec, seed=engine.seed, textures=textures)
     else:
         val = _dataset(splits, splits.val, detector, has_masks=splits.has_masks) if splits.val else None
+    if not main_process:  # another process of a multi-process fit: its share of the phases, nothing written
+        report = engine.fit(detector, train, None, calibrate=False)
+        distributed.finish()
+        return RunResult(output=None, report=report)
     with folder as staging:
         say(
             f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, "
@@ -160,6 +170,7 @@ def fit_run(
         if report["history"]:
             save_loss_curve(report["history"], staging / "loss_curve.png", title=f"{detector.name} on {splits.name}")
         atomic_write_json(staging / "report.json", report)
+    distributed.finish()
     return result
 
 
@@ -245,6 +256,7 @@ def score_dataset(
     tile_stride: int | None = None,
     on_image: Callable[[int, tuple[int, int], torch.Tensor | None, torch.Tensor | None], None] | None = None,
     description: str = "predict",
+    spill_bytes: int | None = None,
 ) -> Predictions:
     """``engine.predict``, or with ``tile`` each image scored as tiles at its own resolution.
 
@@ -252,11 +264,12 @@ def score_dataset(
     own size and the detector's regions in its own pixels (for full-resolution outputs), one
     image at a time, so full-size maps are never all held in memory. ``Predictions.maps``
     stay at the detector's input size (tiled maps are resized to it), so metrics and heatmaps
-    work as without tiles.
+    work as without tiles. Past ``spill_bytes`` (default 256 MB or ``ADCORE_SPILL_MB``) maps
+    and masks go to a temporary file (:mod:`adcore.prediction_store`), tiled or not.
     """
     spec = detector.input_spec
     if tile is None:
-        predictions = engine.predict(detector, dataset, description=description)
+        predictions = engine.predict(detector, dataset, description=description, spill_bytes=spill_bytes)
         if on_image is not None:
             for index, record in enumerate(dataset.records):
                 width, height = read_image(record.path).size
@@ -271,31 +284,27 @@ def score_dataset(
     check_tiling(tile, tile_stride)
     detector.check_fitted()
     detector.to(engine.torch_device).eval()
-    scores, maps, regions, masks = [], [], [], []
+    store = PredictionStore(spill_bytes)  # maps and masks go to a temporary file past spill_bytes
+    labels = [r.label for r in dataset.records]
+    has_labels = not any(label is None for label in labels)
     started = time.perf_counter()
     for index in engine._bar(range(len(dataset)), f"{description} (tiles of {tile})"):
         record = dataset.records[index]
         scored = score_image(detector, read_image(record.path), tile, tile_stride, engine.batch_size, engine.autocast)
-        scores.append(scored.score)
-        if scored.model_map is not None:
-            maps.append(scored.model_map[None, None])
-        if scored.regions is not None:
-            in_h, in_w = spec.image_size
-            regions.append(scale_regions(scored.regions, (scored.size[1], scored.size[0]), (in_w, in_h)))
-        if dataset.has_masks:
-            masks.append(dataset.raw(index)[1][None].float())
+        in_h, in_w = spec.image_size
+        store.append(
+            paths=[str(record.path)],
+            scores=torch.tensor([scored.score], dtype=torch.float32),
+            maps=None if scored.model_map is None else scored.model_map[None, None],
+            labels=torch.tensor([labels[index]], dtype=torch.long) if has_labels else None,
+            masks=dataset.raw(index)[1][None].float() if dataset.has_masks else None,
+            regions=None
+            if scored.regions is None
+            else [scale_regions(scored.regions, (scored.size[1], scored.size[0]), (in_w, in_h))],
+        )
         if on_image is not None:
             on_image(index, scored.size, scored.full_map, scored.regions)
-    labels = [r.label for r in dataset.records]
-    return Predictions(
-        paths=[str(r.path) for r in dataset.records],
-        scores=torch.tensor(scores, dtype=torch.float32),
-        maps=torch.cat(maps) if len(maps) == len(scores) else None,
-        labels=None if any(label is None for label in labels) else torch.tensor(labels, dtype=torch.long),
-        masks=torch.cat(masks) if masks and len(masks) == len(scores) else None,
-        seconds=time.perf_counter() - started,
-        regions=regions if len(regions) == len(scores) else None,
-    )
+    return store.finish(seconds=time.perf_counter() - started)
 
 
 def check_tiling(tile: int | None, tile_stride: int | None) -> None:

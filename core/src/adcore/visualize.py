@@ -76,8 +76,13 @@ def render_panel(
     return panel
 
 
+#: zlib level of panel PNGs: 4 encodes about twice as fast as Pillow's default 6 for ~1 % larger
+#: files (photographs barely compress further); the pixels are the same.
+PANEL_COMPRESS_LEVEL = 4
+
+
 def save_panel(path: str | os.PathLike, panel: Image.Image) -> Path:
-    return atomic_write(path, lambda tmp: panel.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: panel.save(tmp, format="PNG", compress_level=PANEL_COMPRESS_LEVEL))
 
 
 def tensor_to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,7 @@ _PUBLIC = {
     "ApproximateNearestNeighbors": "approximate_search",
     "gaussian_blur": "blur",
     "KCenterGreedy": "coreset",
+    "StreamingCoreset": "coreset",
     "k_center_greedy": "coreset",
     "sharded_k_center_greedy": "coreset",
     "FrozenFeatureCache": "feature_cache",

@@ -170,7 +170,9 @@ def _dense_k_center_greedy(points: torch.Tensor, n_select: int, start: int) -> t
     return selected
 
 
-def sharded_k_center_greedy(points: torch.Tensor, n_select: int, seed: int = 0, shard_size: int = 16384) -> torch.Tensor:
+def sharded_k_center_greedy(
+    points: torch.Tensor, n_select: int, seed: int = 0, shard_size: int = 16384
+) -> torch.Tensor:
     """Indices (about n_select,) of a k-center-greedy coreset whose cost is linear in the rows.
 
     The exact greedy rule costs O(M * n_select) distance evaluations, and pruning by the
@@ -248,3 +250,75 @@ class KCenterGreedy:
         if self.shard_size is None:
             return k_center_greedy(projected, n_select, seed=self.seed)
         return sharded_k_center_greedy(projected, n_select, seed=self.seed, shard_size=self.shard_size)
+
+
+class StreamingCoreset:
+    """A coreset selected block by block while the rows arrive: memory bounded by one block plus the coreset.
+
+    Rows are buffered until the next batch would take the buffer past ``block_rows``; that
+    block then gets its own coreset from ``sampler`` (block ``i`` with seed ``seed + i``) and
+    only the selected rows are kept. A fit whose rows fit in one block selects exactly what
+    ``sampler.sample`` selects on all rows; a larger one is the two-level selection of
+    :func:`sharded_k_center_greedy` applied per block, so fitting 20,000 images needs the
+    memory of one block and of the coreset, never of all their patches.
+    ``block_rows=None``: one block, whatever the size.
+    """
+
+    def __init__(self, sampler: KCenterGreedy, block_rows: int | None = None) -> None:
+        if block_rows is not None and block_rows < 1:
+            raise ValueError(f"block_rows must be positive or None, got {block_rows}")
+        self.sampler = sampler
+        self.block_rows = block_rows
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending: list[torch.Tensor] = []
+        self._pending_rows = 0
+        self._selected: list[torch.Tensor] = []
+        self._blocks = 0
+
+    @property
+    def blocks(self) -> int:
+        """Blocks selected so far."""
+        return self._blocks
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Buffer ``rows`` (M, D); select the buffered block first if they would overflow it."""
+        if self.block_rows is not None and self._pending and self._pending_rows + rows.shape[0] > self.block_rows:
+            self._select_pending()
+        self._pending.append(rows)
+        self._pending_rows += rows.shape[0]
+
+    def _select_pending(self) -> None:
+        block = torch.cat(self._pending)
+        self._pending, self._pending_rows = [], 0
+        sampler = self.sampler
+        if self._blocks:
+            sampler = KCenterGreedy(
+                sampler.sampling_ratio, sampler.projection_dim, sampler.seed + self._blocks, sampler.shard_size
+            )
+        with torch.autocast(device_type=block.device.type, enabled=False):
+            self._selected.append(block[sampler.sample(block)].contiguous())
+        self._blocks += 1
+
+    def gather(self, combine) -> None:
+        """Multi-process fit: ``combine`` (e.g. :func:`adcore.distributed.gather_rows`) merges
+        every process's selected and buffered rows, in rank order."""
+        template = (self._selected or self._pending)[0]
+        empty = template.new_empty(0, template.shape[1])
+        # Both calls happen in every process (they are collectives), with or without rows.
+        selected = combine([torch.cat(self._selected) if self._selected else empty])
+        pending = combine([torch.cat(self._pending) if self._pending else empty])
+        self._selected = [selected] if selected.shape[0] else []
+        self._pending = [pending] if pending.shape[0] else []
+        self._pending_rows = pending.shape[0]
+
+    def finish(self) -> torch.Tensor:
+        """The coreset rows (selected blocks, then the last one)."""
+        if self._pending:
+            self._select_pending()
+        if not self._selected:
+            raise ValueError("the coreset saw no rows")
+        bank = torch.cat(self._selected)
+        self.reset()
+        return bank

@@ -42,6 +42,32 @@ class PositionalGaussian(nn.Module):
         self._outer.baddbmm_(x.transpose(1, 2), x)
         self._count += x.shape[1]
 
+    def combine_processes(self) -> None:
+        """Multi-process fit: every process's sums become those over all processes' samples.
+
+        Each process shifted its samples by its own first batch's mean; the sums are moved to
+        process 0's shift before they are added (``x - c = (x - s) + (s - c)``, in float64),
+        so the result is the one-process one up to summation order (process 0's first batch
+        is the one-process first batch).
+        """
+        from adcore import distributed
+
+        if distributed.world_size() == 1:
+            return
+        if self._shift is None:
+            raise ValueError("a process of the fit saw no training samples")
+        shift = distributed.broadcast_from_main(self._shift)
+        delta = (self._shift - shift)[:, 0].double()  # (P, D)
+        sums = self._sum.double()
+        n = self._count
+        outer = self._outer.double()
+        outer += delta.unsqueeze(2) * sums.unsqueeze(1) + sums.unsqueeze(2) * delta.unsqueeze(1)
+        outer += n * delta.unsqueeze(2) * delta.unsqueeze(1)
+        self._shift = shift
+        self._sum = distributed.all_sum((sums + n * delta).to(self._sum.dtype))
+        self._outer = distributed.all_sum(outer.to(self._outer.dtype))
+        self._count = int(distributed.all_sum(torch.tensor([n], dtype=torch.float64)).item())
+
     def finish(self, chunk: int = 512) -> None:
         """Turn accumulated sums into mean and whitening matrices.
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adcore.batch import Batch
-from adcore.data.image_io import ImageReadError, read_image, read_mask
+from adcore.data.image_io import ImageReadError, read_image, read_mask, resized_pixels
 from adcore.protocols import InputSpec
 
 
@@ -66,8 +66,7 @@ class AnomalyDataset(Dataset):
         record = self.records[index]
         height, width = self.spec.image_size
         original = read_image(record.path)
-        image = original.resize((width, height), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # uint8 (3, H, W)
+        pixels = resized_pixels(original, (height, width))
         mask = None
         if self.has_masks:
             if record.mask_path is not None:

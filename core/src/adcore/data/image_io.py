@@ -114,6 +114,20 @@ def read_mask(path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(f"{path}: cannot convert {image.mode} mask to grey ({exc})") from None
 
 
+def resized_pixels(image: Image.Image, image_size: tuple[int, int]):
+    """``image`` resized (bilinear) to ``image_size`` (height, width): a contiguous uint8 (3, H, W) tensor.
+
+    The one conversion every image path uses (datasets, video frames, ``predict_image``), so
+    they give identical inputs. Contiguous on purpose: a permuted (H, W, 3) view makes every
+    later elementwise op, the normalisation first, take torch's slow strided path (18x here).
+    """
+    import torch
+
+    height, width = image_size
+    resized = image.resize((width, height), Image.BILINEAR)
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1)))
+
+
 def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Image files of a folder (and its sub-folders when ``recursive``), sorted, ignoring hidden files.
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from adcore.batch import Batch, VideoBatch
 from adcore.data.dataset import collate as image_collate
-from adcore.data.image_io import ImageReadError, read_mask
+from adcore.data.image_io import ImageReadError, read_mask, resized_pixels
 from adcore.data.video_io import FrameReader, VideoReadError
 from adcore.data.video_layouts import NpyFrame, VideoFrameRecord
 from adcore.protocols import InputSpec
@@ -84,10 +84,8 @@ class VideoDataset(Dataset):
         if key in self._recent:
             self._recent.move_to_end(key)
             return self._recent[key]
-        height, width = self.spec.image_size
         original = self.reader.frame(record.source, index)
-        resized = original.resize((width, height), Image.BILINEAR)
-        item = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1), original.size
+        item = resized_pixels(original, self.spec.image_size), original.size
         self._recent[key] = item
         while len(self._recent) > self._keep:
             self._recent.popitem(last=False)

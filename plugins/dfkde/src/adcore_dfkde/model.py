@@ -22,7 +22,7 @@ import warnings
 
 import attrs
 import torch
-from adcore import AnomalyDetector, Batch, DetectorOutput, one_of, positive, to_int_tuple, to_size
+from adcore import AnomalyDetector, Batch, DetectorOutput, gather_rows, one_of, positive, to_int_tuple, to_size
 from adcore.components import PCA, GaussianKDE, PooledFeatures
 
 FEATURE_SCALING_METHODS = ("scale", "norm")
@@ -65,8 +65,14 @@ class Dfkde(AnomalyDetector):
         cfg = self.config
         return torch.sigmoid(-cfg.threshold_steepness * (log_density.double() - cfg.threshold_offset)).float()
 
+    # Several processes (adcore fit --nproc N) each embed a shard; the rows are gathered in order.
+    supports_sharded_fit = True
+
     def fit_begin(self) -> None:
         self._train_features = []
+
+    def combine_shards(self) -> None:
+        self._train_features = [gather_rows(self._train_features)]
 
     def fit_batch(self, batch: Batch) -> None:
         self._train_features.append(self.features.global_vector(batch.image))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import attrs
 import torch
-from adcore import AnomalyDetector, Batch, DetectorOutput, at_least, one_of, to_size
+from adcore import AnomalyDetector, Batch, DetectorOutput, at_least, gather_rows, one_of, to_size
 from adcore.components import PCA, MultivariateGaussian, PooledFeatures, UpsampleBlurMap
 
 SCORE_TYPES = ("fre", "nll")
@@ -74,8 +74,14 @@ class Dfm(AnomalyDetector):
         """Step 1: pooled feature maps (N, C, h, w); flattened, they are the modelled vectors."""
         return self.features(images)[0]
 
+    # Several processes (adcore fit --nproc N) each embed a shard; the rows are gathered in order.
+    supports_sharded_fit = True
+
     def fit_begin(self) -> None:
         self._train_features = []
+
+    def combine_shards(self) -> None:
+        self._train_features = [gather_rows(self._train_features)]
 
     def fit_batch(self, batch: Batch) -> None:
         self._train_features.append(self.embed(batch.image).flatten(1))

@@ -62,12 +62,18 @@ class Padim(AnomalyDetector):
             )
         return torch.cat(parts, dim=1)
 
+    # Several processes (adcore fit --nproc N) each fit a shard; their sums are added.
+    supports_sharded_fit = True
+
     def fit_begin(self) -> None:
         self.gaussian.reset()
 
     def fit_batch(self, batch: Batch) -> None:
         embedding = self.embed(batch.image)
         self.gaussian.update(embedding.flatten(2))
+
+    def combine_shards(self) -> None:
+        self.gaussian.combine_processes()
 
     def fit_end(self) -> None:
         self.gaussian.finish()

@@ -8,6 +8,9 @@
    bank, with distances measured on a sparse random projection to ``projection_dim``
    dimensions; the selected (unprojected) features form the memory bank. The random start
    point and projection follow the run's seed (the Engine seeds torch before fitting).
+   Selection runs in shards of ``coreset_shard_size`` rows (time linear in the bank) and,
+   beyond ``coreset_block_size`` rows, block by block while the images arrive (memory flat
+   in the number of images).
 4. Patch scores: Euclidean distance of each test patch to its nearest memory item (exact,
    chunked search). Anomaly map: patch scores upsampled to the image, Gaussian blur
    (sigma ``blur_sigma``).
@@ -27,6 +30,7 @@ from adcore import (
     DetectorOutput,
     create_feature_extractor,
     distinct_levels,
+    gather_rows,
     non_negative,
     one_of,
     positive,
@@ -34,7 +38,13 @@ from adcore import (
     to_size,
     unit_interval,
 )
-from adcore.components import ApproximateNearestNeighbors, KCenterGreedy, UpsampleBlurMap, nearest_neighbors
+from adcore.components import (
+    ApproximateNearestNeighbors,
+    KCenterGreedy,
+    StreamingCoreset,
+    UpsampleBlurMap,
+    nearest_neighbors,
+)
 
 
 def _odd(instance, attribute, value) -> None:
@@ -55,6 +65,9 @@ class PatchcoreConfig:
     # Rows per shard of the coreset search (time linear in the bank); 0: the exact greedy rule,
     # fast only when the patches form well-separated clusters.
     coreset_shard_size: int = attrs.field(default=16384, converter=int, validator=non_negative)
+    # Rows buffered before a block gets its coreset (memory: one block plus the coreset, whatever
+    # the number of images); 0: all rows in one block. 2^20 rows (600 MB) hold every shared category.
+    coreset_block_size: int = attrs.field(default=1_048_576, converter=int, validator=non_negative)
     blur_sigma: float = attrs.field(default=4.0, converter=float, validator=non_negative)
     # "exact": chunked exact search; "faiss": an IVF index proposes candidates, re-ranked exactly
     # (for banks of millions of patches; pip install faiss-cpu).
@@ -73,11 +86,10 @@ class Patchcore(AnomalyDetector):
         super().__init__(config, **overrides)
         cfg = self.config
         self.feature_extractor = create_feature_extractor(cfg.backbone, cfg.layers, weights=cfg.weights)
-        self.sampler = self._new_sampler()
+        self.coreset = self._new_coreset()
         self.anomaly_map = UpsampleBlurMap(cfg.blur_sigma)
         # Sized at fit time; load_fitted_state lets it take the checkpoint's shape.
         self.register_buffer("memory_bank", torch.empty(0, sum(self.feature_extractor.channels)))
-        self._train_features: list[torch.Tensor] = []
         self._index: tuple[tuple, ApproximateNearestNeighbors] | None = None
 
     # -- 1. locally aware patch features ---------------------------------------------------
@@ -98,31 +110,34 @@ class Patchcore(AnomalyDetector):
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
     # -- 2. + 3. memory bank and coreset -------------------------------------------------------
-    def _new_sampler(self) -> KCenterGreedy:
-        """The coreset sampler; its start point and projection follow the run's seed."""
+    def _new_coreset(self) -> StreamingCoreset:
+        """The coreset, selected block by block; its start points and projection follow the run's seed."""
         cfg = self.config
-        return KCenterGreedy(
+        sampler = KCenterGreedy(
             cfg.coreset_sampling_ratio,
             cfg.projection_dim,
             seed=torch.initial_seed(),
             shard_size=cfg.coreset_shard_size or None,
         )
+        return StreamingCoreset(sampler, block_rows=cfg.coreset_block_size or None)
+
+    # Several processes (adcore fit --nproc N) each embed a shard; the rows are gathered in order.
+    supports_sharded_fit = True
 
     def fit_begin(self) -> None:
-        self._train_features = []
-        self.sampler = self._new_sampler()  # the Engine seeds torch with the run's seed before fitting
+        self.coreset = self._new_coreset()  # the Engine seeds torch with the run's seed before fitting
+
+    def combine_shards(self) -> None:
+        self.coreset.gather(gather_rows)
 
     def fit_batch(self, batch: Batch) -> None:
-        self._train_features.append(self._rows(self.embed(batch.image)))
+        self.coreset.add(self._rows(self.embed(batch.image)))
 
     def fit_end(self) -> None:
-        if not self._train_features:
-            raise ValueError("patchcore: fit_end called without any training batch")
-        features = torch.cat(self._train_features)
-        self._train_features = []  # release the per-batch copies before the coreset runs
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            selected = self.sampler.sample(features)
-        self.memory_bank = features[selected].contiguous()
+        try:
+            self.memory_bank = self.coreset.finish()
+        except ValueError:
+            raise ValueError("patchcore: fit_end called without any training batch") from None
 
     # -- 4. + 5. scoring ---------------------------------------------------------------------------
     def nearest_in_bank(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
