@@ -115,14 +115,14 @@ def main() -> None:
     print(
         f"256 px, batch {args.batch_size}, {rows[0]['threads'] if rows else '?'} threads, load {os.getloadavg()[0]:.2f}"
     )
-    print(
-        f"{'model':<22}{'backbone fp32':>14}{'predict fp32':>14}{'ratio':>7}{'backbone bf16':>15}{'predict bf16':>14}{'ratio':>7}"
-    )
+    columns = [f"{name} {p}" for p in ("fp32", "bf16") for name in ("backbone", "predict", "ratio")]
+    print(f"{'model':<24}" + "".join(f"{c:>15}" for c in columns))
     for r in rows:
-        print(
-            f"{r['model']:<22}{r['backbone_fp32']:>14.1f}{r['predict_fp32']:>14.1f}{r['predict_fp32'] / r['backbone_fp32']:>7.2f}"
-            f"{r['backbone_bf16']:>15.1f}{r['predict_bf16']:>14.1f}{r['predict_bf16'] / r['backbone_bf16']:>7.2f}"
-        )
+        cells = []
+        for p in ("fp32", "bf16"):
+            b, e = r[f"backbone_{p}"], r[f"predict_{p}"]
+            cells += [f"{b:.1f}", f"{e:.1f}", f"{e / b:.2f}"]
+        print(f"{r['model']:<24}" + "".join(f"{c:>15}" for c in cells))
 
 
 if __name__ == "__main__":
