@@ -71,11 +71,16 @@ def _ranked_counts(scores: torch.Tensor, positive: torch.Tensor) -> _RankedCount
     )
 
 
+def _flat_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as one CPU vector in their own float precision (float32 maps are sorted as float32)."""
+    scores = scores.detach().flatten().cpu()
+    return scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+
+
 def _scores_and_labels(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     labels = labels.long().flatten()
     _check_binary(labels, "labels")
-    scores = scores.detach().flatten().cpu()
-    return (scores if scores.dtype in (torch.float32, torch.float64) else scores.float()), labels.cpu() == 1
+    return _flat_scores(scores), labels.cpu() == 1
 
 
 def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -122,9 +127,7 @@ def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> fl
 def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> dict[str, float]:
     """Pixel AUROC, AUPRO and F1-max from one descending sort of every pixel score."""
     _check_binary(masks, "masks")
-    # Sorted in the maps' own precision (float32): widening adds no ties and doubles the sort's cost.
-    scores = maps.detach().flatten().cpu()
-    scores = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+    scores = _flat_scores(maps)
     positive = masks.flatten().cpu() > 0.5
     n_positive, n_negative = int(positive.sum()), int((~positive).sum())
     if n_positive == 0 or n_negative == 0:
@@ -326,6 +329,14 @@ def pixel_histograms(
     return PixelHistograms(low, high, bins, negative, positive, overlap, regions)
 
 
+def _counts_at_edges(h: PixelHistograms):
+    """The non-empty bins from the highest down, their counts, and the true and false positives
+    at each bin's lower edge taken as the threshold."""
+    used = np.nonzero((h.positive > 0) | (h.negative > 0))[0][::-1]
+    positive, negative = h.positive[used].astype(np.float64), h.negative[used].astype(np.float64)
+    return used, positive, negative, np.cumsum(positive), np.cumsum(negative)
+
+
 def metrics_from_histograms(histograms: PixelHistograms, fpr_limit: float = 0.3) -> dict[str, float]:
     """Pixel AUROC, AUPRO and F1-max at the bins' edges, each with a rigorous error bound.
 
@@ -343,9 +354,8 @@ def metrics_from_histograms(histograms: PixelHistograms, fpr_limit: float = 0.3)
     n_positive, n_negative = int(h.positive.sum()), int(h.negative.sum())
     if n_positive == 0 or n_negative == 0:
         return {}
-    used = np.nonzero((h.positive > 0) | (h.negative > 0))[0][::-1]  # descending thresholds
-    pos, neg, ovl = h.positive[used].astype(np.float64), h.negative[used].astype(np.float64), h.overlap[used]
-    tp, fp = np.cumsum(pos), np.cumsum(neg)
+    used, pos, neg, tp, fp = _counts_at_edges(h)
+    ovl = h.overlap[used]
     fp_before = fp - neg
     tpr = np.concatenate([[0.0], tp / n_positive])
     fpr = np.concatenate([[0.0], fp / n_negative])
@@ -377,8 +387,7 @@ def f1_threshold(histograms: PixelHistograms) -> float:
     n_positive = int(h.positive.sum())
     if n_positive == 0:
         raise ValueError("no anomalous pixels: no F1 threshold")
-    used = np.nonzero((h.positive > 0) | (h.negative > 0))[0][::-1]
-    tp, fp = np.cumsum(h.positive[used].astype(np.float64)), np.cumsum(h.negative[used].astype(np.float64))
+    used, _, _, tp, fp = _counts_at_edges(h)
     return h.edge(int(used[int(np.argmax(2 * tp / (tp + fp + n_positive)))]))
 
 

@@ -110,14 +110,14 @@ def fit_run(
         train = TileDataset(splits.train, detector.input_spec, tile, tile_stride, cache=cache)
     else:
         train = _dataset(splits, splits.train, detector, cache=cache)
-    if splits.synthetic_val:
-        val = SyntheticValidationSet(splits.val, detector.input_spec, seed=engine.seed, textures=textures)
-    else:
-        val = _dataset(splits, splits.val, detector, has_masks=splits.has_masks) if splits.val else None
     if not main_process:  # another process of a multi-process fit: its share of the phases, nothing written
         report = engine.fit(detector, train, None, calibrate=False)
         distributed.finish()
         return RunResult(output=None, report=report)
+    if splits.synthetic_val:
+        val = SyntheticValidationSet(splits.val, detector.input_spec, seed=engine.seed, textures=textures)
+    else:
+        val = _dataset(splits, splits.val, detector, has_masks=splits.has_masks) if splits.val else None
     with folder as staging:
         say(
             f"fitting {detector.name} on {splits.name}: {len(splits.train)} train, {len(splits.val)} validation, "

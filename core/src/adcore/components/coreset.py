@@ -278,6 +278,11 @@ class StreamingCoreset:
         self._blocks = 0
 
     @property
+    def empty(self) -> bool:
+        """No row has been added since the last reset."""
+        return not self._pending and not self._selected
+
+    @property
     def blocks(self) -> int:
         """Blocks selected so far."""
         return self._blocks

@@ -134,10 +134,9 @@ class Patchcore(AnomalyDetector):
         self.coreset.add(self._rows(self.embed(batch.image)))
 
     def fit_end(self) -> None:
-        try:
-            self.memory_bank = self.coreset.finish()
-        except ValueError:
-            raise ValueError("patchcore: fit_end called without any training batch") from None
+        if self.coreset.empty:
+            raise ValueError("patchcore: fit_end called without any training batch")
+        self.memory_bank = self.coreset.finish()
 
     # -- 4. + 5. scoring ---------------------------------------------------------------------------
     def nearest_in_bank(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
