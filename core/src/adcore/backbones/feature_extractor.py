@@ -9,19 +9,24 @@ the same indices as timm's ``features_only=True, out_indices=...``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import timm
 import torch
 from torch import nn
 
+from adcore.backbones.batchnorm_folding import fold_batch_norms
 from adcore.backbones.weights import AUTO, ResolvedWeights, resolve_weights
 
 
 class FeatureMaps(nn.Module):
     """What every feature extractor shares: ``channels``/``strides``, frozen or trainable, channels-last.
 
-    Subclasses set ``_channels``, ``_strides`` and ``frozen`` and implement ``_features``.
+    Subclasses set ``model``, ``_channels``, ``_strides`` and ``frozen`` and implement
+    ``_features(images, model)``. A frozen extractor runs a copy of ``model`` with its batch
+    norms folded into the convolutions (:mod:`adcore.backbones.batchnorm_folding`): the same
+    features, faster; ``model`` itself, its state dict and checkpoints are unchanged.
     """
 
     _channels: list[int]
@@ -41,15 +46,33 @@ class FeatureMaps(nn.Module):
         super().train(mode and not self.frozen)
         return self
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, images: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         images = images.contiguous(memory_format=torch.channels_last)
         if self.frozen:
             with torch.no_grad():
-                return self._features(images)
-        return self._features(images)
+                return self._features(images, self._folded_model(images))
+        return self._features(images, self.model)
+
+    def _folded_model(self, images: torch.Tensor) -> nn.Module:
+        """``model`` with its batch norms folded, rebuilt whenever its tensors or device change."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return self.model  # exporters see the plain network (and fold batch norms themselves)
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        key = (images.device, tuple((id(t), t._version) for t in tensors))
+        cached = self.__dict__.get("_folded")  # a plain attribute: not a submodule, not in the state dict
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        example = images[:1].float()
+        try:
+            folded, _count = fold_batch_norms(self.model, lambda model: self._features(example, model))
+        except ValueError as exc:
+            warnings.warn(f"batch norms not folded ({exc}): the backbone runs unchanged", stacklevel=2)
+            folded = self.model
+        self.__dict__["_folded"] = (key, folded)
+        return folded
 
 
 class TimmFeatureExtractor(FeatureMaps):
@@ -82,10 +105,10 @@ class TimmFeatureExtractor(FeatureMaps):
             self.model.eval()
             self.model.requires_grad_(False)
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, images: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
         if self.uses_intermediates:
-            return list(self.model.forward_intermediates(images, indices=list(self.layers), intermediates_only=True))
-        return list(self.model(images))
+            return list(model.forward_intermediates(images, indices=list(self.layers), intermediates_only=True))
+        return list(model(images))
 
 
 

@@ -183,7 +183,7 @@ class TorchFXFeatureExtractor(FeatureMaps):
             parameter = next(iter(self.model.parameters()), None)
             device = parameter.device if parameter is not None else torch.device("cpu")
             with torch.no_grad():
-                outputs = self._features(torch.zeros(1, 3, *probe_size, device=device))
+                outputs = self._features(torch.zeros(1, 3, *probe_size, device=device), self.model)
         finally:
             self.model.train(was_training)
         channels, strides = [], []
@@ -195,8 +195,8 @@ class TorchFXFeatureExtractor(FeatureMaps):
             strides.append(max(1, round(probe_size[0] / output.shape[2])))
         return channels, strides
 
-    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.model(images)
+    def _features(self, images: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
+        outputs = model(images)
         return [outputs[node] for node in self.return_nodes]
 
 
