@@ -7,7 +7,7 @@ what ``adcore test`` does: ``Engine.test`` (predict, then metrics), the predicti
 50 heatmap panels (written to a temporary folder). The child reports its peak resident memory
 (``VmHWM`` from /proc/self/status), wall time and metrics; nothing is copied into the repository.
 
-Past 256 MB of maps and masks the engine writes them to a temporary file and the pixel metrics
+Past 64 MB of maps and masks the engine writes them to a temporary file and the pixel metrics
 are binned (with error bounds): the goal is a peak RSS at 20,000 images within 10 % of the
 peak at 200.
 

@@ -113,7 +113,7 @@ def test_spill_limit_from_the_environment(monkeypatch):
     monkeypatch.setenv("ADCORE_SPILL_MB", "0.5")
     assert default_spill_bytes() == 512 * 1024
     monkeypatch.delenv("ADCORE_SPILL_MB")
-    assert default_spill_bytes() == 256 * 1024 * 1024
+    assert default_spill_bytes() == 64 * 1024 * 1024
 
 
 def test_engine_predictions_spilled_equal_in_memory_and_metrics_agree_within_bounds(shared_mvtec, tmp_path):

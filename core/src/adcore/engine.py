@@ -434,7 +434,7 @@ class Engine:
     ) -> Predictions:
         """Raw scores and maps for every image of ``dataset``.
 
-        Maps and masks stay in memory up to ``spill_bytes`` (default 256 MB, or
+        Maps and masks stay in memory up to ``spill_bytes`` (default 64 MB, or
         ``ADCORE_SPILL_MB``), then go to a temporary file (:class:`PredictionStore`), so memory
         stays flat in the number of images.
         """

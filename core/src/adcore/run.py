@@ -264,7 +264,7 @@ def score_dataset(
     own size and the detector's regions in its own pixels (for full-resolution outputs), one
     image at a time, so full-size maps are never all held in memory. ``Predictions.maps``
     stay at the detector's input size (tiled maps are resized to it), so metrics and heatmaps
-    work as without tiles. Past ``spill_bytes`` (default 256 MB or ``ADCORE_SPILL_MB``) maps
+    work as without tiles. Past ``spill_bytes`` (default 64 MB or ``ADCORE_SPILL_MB``) maps
     and masks go to a temporary file (:mod:`adcore.prediction_store`), tiled or not.
     """
     spec = detector.input_spec
