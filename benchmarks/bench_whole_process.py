@@ -127,7 +127,7 @@ PHASES = (
     ("adcore.engine", "Engine.predict", "predict"),
     ("adcore.engine", "Engine.calibrate", "calibrate"),
     ("adcore.engine", "Engine.evaluate", "metrics"),
-    ("adcore.run", "save_checkpoint", "checkpoint"),
+    ("adcore.run", "start_checkpoint", "checkpoint (copies; the file is written by a thread)"),
     ("adcore.run", "predictions_table", "tables"),
     ("adcore.run", "write_table", "tables"),
     ("adcore.run", "atomic_write_json", "json files"),

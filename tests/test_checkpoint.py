@@ -7,7 +7,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from adcore.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from adcore.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint, start_checkpoint
 from adcore.data import AnomalyDataset, load_data
 from adcore.engine import Engine
 from tiny_detectors import TinyMean
@@ -46,6 +46,20 @@ def test_round_trip_is_exact(fitted_tiny, tmp_path, tiny_registry):
     assert metadata["plugin"] == "tiny-test-plugin" and metadata["plugin_version"] == "0.0.1"
     assert metadata["run"] == {"note": "hello"}
     assert metadata["config"] == {"image_size": [64, 64], "pool": 8}
+
+
+def test_a_background_checkpoint_holds_the_detector_as_it_was_when_started(fitted_tiny, tmp_path, tiny_registry):
+    detector, _, _ = fitted_tiny
+    detector.post_processor.set_manual_threshold(image=1.5)
+    pending = start_checkpoint(detector, tmp_path / "model.safetensors")
+    detector.post_processor.set_manual_threshold(image=7.0)  # changed while (or before) the thread writes
+    loaded, metadata = load_checkpoint(pending.result(), registry=tiny_registry)
+    assert float(loaded.post_processor.image_threshold) == 1.5
+    assert metadata["post_processing"]["image_threshold"] == pytest.approx(1.5)
+    with open(tmp_path / "model.safetensors", "rb") as handle:  # byte for byte what save_checkpoint writes
+        written = handle.read()
+    detector.post_processor.set_manual_threshold(image=1.5)
+    assert save_checkpoint(detector, tmp_path / "again.safetensors").read_bytes() == written
 
 
 def test_thresholds_survive(fitted_tiny, tmp_path, tiny_registry):

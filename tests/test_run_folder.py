@@ -104,6 +104,25 @@ def test_a_full_disk_while_writing_keeps_the_previous_run(data_root, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
 
 
+def test_a_full_disk_while_the_checkpoint_thread_writes_keeps_the_previous_run(data_root, tmp_path, capsys, monkeypatch):
+    """The checkpoint is written by a thread during scoring; its failure still fails the run."""
+    output = tmp_path / "run"
+    assert _fit(data_root, output) == 0
+    before = _snapshot(output)
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    capsys.readouterr()
+    assert _fit(data_root, output, "--seed", "1") == 2
+    assert "No space left on device" in _one_line_error(capsys)
+    assert _snapshot(output) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+
+
 def test_two_writers_to_one_folder_the_second_is_refused(data_root, tmp_path, capsys):
     output = tmp_path / "run"
     with RunFolder(output):

@@ -12,6 +12,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 
 import attrs
@@ -19,7 +20,7 @@ import torch
 
 from adcore import distributed
 from adcore.artifacts import environment, predictions_table, write_full_resolution, write_heatmaps, write_table
-from adcore.checkpoint import load_checkpoint, save_checkpoint
+from adcore.checkpoint import load_checkpoint, start_checkpoint
 from adcore.data import AnomalyDataset, load_data
 from adcore.data.dataset import ImageRecord
 from adcore.data.image_io import read_image
@@ -147,29 +148,35 @@ def fit_run(
             "tile": tile,
             "tile_stride": None if tile is None else tile_stride or tile,
         }
-        save_checkpoint(detector, staging / CHECKPOINT_NAME, extra={"run": run})
-        report = {**run, **report, "post_processing": detector.post_processor.summary()}
-        if validation_note is not None:
-            report["validation"] = validation_note
-        result = RunResult(output=Path(output), report=report)
-        if splits.test:
-            if splits.test is splits.val:  # validation is the test set (the MVTec protocol): score it once
-                test, predictions = val, val_predictions
-                metrics = engine.evaluate(detector, predictions)
-            else:
-                test = _dataset(splits, splits.test, detector, has_masks=splits.has_masks)
-                predictions = score_dataset(engine, detector, test, tile, tile_stride, description="test")
-                metrics = engine.evaluate(detector, predictions)
-            metrics = {"model": detector.name, "data": splits.name, "fit_seconds": report["fit_seconds"], **metrics}
-            atomic_write_json(staging / "metrics.json", metrics)
-            result.rows = predictions_table(detector, predictions)
-            write_table(staging / "predictions.csv", result.rows, "csv")
-            result.heatmaps = _visual_output(staging, detector, test, predictions, heatmaps)
-            report["metrics"] = result.metrics = metrics
-            result.predictions = predictions
-        if report["history"]:
-            save_loss_curve(report["history"], staging / "loss_curve.png", title=f"{detector.name} on {splits.name}")
-        atomic_write_json(staging / "report.json", report)
+        # Written by a thread while the test set is scored and the outputs drawn; the run folder
+        # is committed (or removed) only once the file is complete.
+        checkpoint = start_checkpoint(detector, staging / CHECKPOINT_NAME, extra={"run": run})
+        try:
+            report = {**run, **report, "post_processing": detector.post_processor.summary()}
+            if validation_note is not None:
+                report["validation"] = validation_note
+            result = RunResult(output=Path(output), report=report)
+            if splits.test:
+                if splits.test is splits.val:  # validation is the test set (the MVTec protocol): score it once
+                    test, predictions = val, val_predictions
+                    metrics = engine.evaluate(detector, predictions)
+                else:
+                    test = _dataset(splits, splits.test, detector, has_masks=splits.has_masks)
+                    predictions = score_dataset(engine, detector, test, tile, tile_stride, description="test")
+                    metrics = engine.evaluate(detector, predictions)
+                metrics = {"model": detector.name, "data": splits.name, "fit_seconds": report["fit_seconds"], **metrics}
+                atomic_write_json(staging / "metrics.json", metrics)
+                result.rows = predictions_table(detector, predictions)
+                write_table(staging / "predictions.csv", result.rows, "csv")
+                result.heatmaps = _visual_output(staging, detector, test, predictions, heatmaps)
+                report["metrics"] = result.metrics = metrics
+                result.predictions = predictions
+            if report["history"]:
+                save_loss_curve(report["history"], staging / "loss_curve.png", title=f"{detector.name} on {splits.name}")
+            atomic_write_json(staging / "report.json", report)
+        finally:
+            futures.wait([checkpoint])
+        checkpoint.result()  # a failed write fails the run
     distributed.finish()
     return result
 

@@ -28,7 +28,11 @@ class PositionalGaussian(nn.Module):
         self._count = 0
 
     def update(self, features: torch.Tensor) -> None:
-        """Accumulate a batch (N, D, P) of training features (always in float32, even under autocast)."""
+        """Accumulate a batch (N, D, P) of training features (always in float32, even under autocast).
+
+        Features flattened from a channels-last (N, D, h, w) map are the fast case: D is innermost
+        in memory, so the (P, N, D) copy moves whole rows instead of transposing every value.
+        """
         with torch.autocast(device_type=features.device.type, enabled=False):
             self._accumulate(features.float().permute(2, 0, 1).contiguous())  # (P, N, D)
 
@@ -106,10 +110,11 @@ class PositionalGaussian(nn.Module):
             return self._mahalanobis(features)
 
     def _mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
-        # Contiguous operands keep the batched matmul on its fast path (strided ones can be 50x slower).
-        centered = (features.float().permute(2, 1, 0) - self.mean.unsqueeze(2)).contiguous()  # (P, D, N)
-        whitened = torch.bmm(self.whitening, centered)  # (P, D, N)
-        return whitened.square().sum(dim=1).clamp_min(0).sqrt().transpose(0, 1)  # (N, P)
+        # Contiguous operands keep the batched matmul on its fast path (strided ones can be 50x
+        # slower). (P, N, D) is a cheap copy of channels-last features (rows of D stay whole).
+        centered = features.float().permute(2, 0, 1).contiguous() - self.mean.unsqueeze(1)  # (P, N, D)
+        whitened = torch.bmm(centered, self.whitening.transpose(1, 2))  # (P, N, D): W (x - mean) per row
+        return whitened.square().sum(dim=2).clamp_min(0).sqrt().transpose(0, 1)  # (N, P)
 
     def finalize(self, chunk: int = 512) -> None:
         """Deprecated name of :meth:`finish` (streaming components use reset/update/finish)."""
