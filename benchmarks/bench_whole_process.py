@@ -59,9 +59,11 @@ def adcore_command(model: str, category: str, output: Path, epochs: int | None) 
     return command + (["--epochs", str(epochs)] if epochs is not None else [])
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def timed(
+    command: list[str], env: dict | None = None, timeout: float | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -95,10 +97,15 @@ def peer_spec_file(model: str, category: str, epochs: int | None, scratch: Path,
     return path
 
 
-def run_peer(spec_file: Path, venv: Path) -> dict:
+def run_peer(spec_file: Path, venv: Path, limit_minutes: float | None = None) -> dict:
+    """One anomalib run; past ``limit_minutes`` it is stopped and recorded as not finished."""
     load = load_average()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    seconds, done = timed([str(venv / "bin" / "python"), str(bench_suite_runner()), str(spec_file)], env=env)
+    command = [str(venv / "bin" / "python"), str(bench_suite_runner()), str(spec_file)]
+    try:
+        seconds, done = timed(command, env=env, timeout=None if limit_minutes is None else limit_minutes * 60)
+    except subprocess.TimeoutExpired:
+        return {"wall_s": None, "load": load, "did_not_finish_min": limit_minutes}
     row = json.loads(done.stdout.strip().splitlines()[-1])
     n_test = len(json.loads(spec_file.read_text())["test"])
     test_s = n_test / row["test_img_s"] if row.get("test_img_s") else None
@@ -212,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of gradient models, both sides (default 2)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--peer-venv", help="venv with anomalib 2.7.0 (default: as bench_suite finds it)")
+    parser.add_argument(
+        "--peer-limit", type=float, default=30.0, help="minutes after which an anomalib run is stopped (default 30)"
+    )
     parser.add_argument("--phases", action="store_true", help="also one adcore run per model with phase timers")
     parser.add_argument("--json", help="write every measurement to this file")
     args = parser.parse_args(argv)
@@ -235,11 +245,12 @@ def main(argv: list[str] | None = None) -> None:
                     row = (
                         run_adcore(model, args.category, epochs, scratch)
                         if tool == "adcore"
-                        else run_peer(specs[model], venv)
+                        else run_peer(specs[model], venv, args.peer_limit)
                     )
                     runs[model][tool].append(row)
+                    took = f"{row['wall_s']:6.1f} s" if row["wall_s"] is not None else f"did not finish in {args.peer_limit:g} min"
                     print(
-                        f"[{repeat + 1}/{args.repeats}] {model:<10} {tool:<8} {row['wall_s']:6.1f} s  load {row['load']:.2f}",
+                        f"[{repeat + 1}/{args.repeats}] {model:<10} {tool:<8} {took}  load {row['load']:.2f}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -264,7 +275,12 @@ def print_table(results: dict) -> None:
         a, p = entry["runs"]["adcore"], entry["runs"]["anomalib"]
         am, pm = median(a, "wall_s"), median(p, "wall_s")
         loads = [r["load"] for r in a + p]
-        ratio = f"{pm / am:5.2f}x" if am and pm else "-"
+        unfinished = [r for r in p if r.get("did_not_finish_min") is not None]
+        if unfinished and am:  # a stopped peer run: its time is at least the limit
+            pm = None
+            ratio = f">{unfinished[0]['did_not_finish_min'] * 60 / am:.0f}x"
+        else:
+            ratio = f"{pm / am:5.2f}x" if am and pm else "-"
         auroc = f"{median(a, 'image_auroc') or float('nan'):.3f} / {median(p, 'image_auroc') or float('nan'):.3f}"
         print(
             f"{model:<10} {entry['epochs'] or '-':>6} {am or float('nan'):9.1f} {pm or float('nan'):11.1f} {ratio:>6} "
@@ -279,7 +295,7 @@ def print_table(results: dict) -> None:
             for name, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
                 print(f"  {name:<20} {seconds:6.2f}")
         peer = entry["runs"]["anomalib"]
-        if peer:
+        if peer and all(r.get("wall_s") is not None for r in peer):
             fit, test, wall = median(peer, "fit_s"), median(peer, "test_s"), median(peer, "wall_s")
             print(f"anomalib {model}: fit {fit:.1f} s, test {test:.1f} s, imports+rest {wall - fit - test:.1f} s")
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from adcore import create_feature_extractor
 from adcore.backbones.batchnorm_folding import fold_batch_norms
+from torch import nn
 
 
 def _randomize_norms(model: nn.Module, seed: int = 0) -> None:

@@ -325,3 +325,19 @@ def test_gradient_fit_writes_a_loss_curve_png(shared_mvtec, tmp_path, tiny_regis
 
 def test_one_pass_fit_writes_no_loss_curve(padim_run):
     assert not (padim_run[1] / "loss_curve.png").exists()
+
+
+def test_loader_workers_decode_in_other_processes_with_the_same_scores(padim_run, tmp_path, capsys):
+    root, output = padim_run
+    with single_thread():
+        code = main(
+            ["fit", "--model", "padim", "--data", f"mvtec:{root}", "--output", str(tmp_path / "workers")]
+            + ["--image-size", "64", "--no-progress", "--loader-workers", "2"]
+        )
+    assert code == 0
+    expected = [(row["path"], row["score"]) for row in _rows(output / "predictions.csv")]
+    assert [(row["path"], row["score"]) for row in _rows(tmp_path / "workers" / "predictions.csv")] == expected
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "padim", "--data", f"mvtec:{root}", "--output", str(tmp_path / "x"), "--loader-workers", "-1"])
+    assert "--loader-workers: '-1' is not a whole number >= 0" in capsys.readouterr().err

@@ -40,6 +40,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -122,6 +129,7 @@ def _engine(args: argparse.Namespace):
         steps=getattr(args, "steps", None),
         validate_every=getattr(args, "validate_every", None),
         normal_quantile=getattr(args, "normal_quantile", 0.99),
+        num_workers=args.loader_workers,
     )
 
 
@@ -351,6 +359,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same scores (default 0)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--loader-workers",
+        type=_non_negative_int,
+        default=0,
+        help="processes that decode images beside the model (default 0: decoded in this process; "
+        "worth it only where cores are spare)",
+    )
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 uses AMX / tensor cores where present"
     )
