@@ -127,3 +127,24 @@ def test_folding_a_torchfx_graph_never_moves_the_originals_statistics():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in extractor.__dict__["_folded"][1].modules())
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "some_left"),
+    [
+        ("resnet18", False),  # residual blocks: every norm follows a convolution
+        ("densenet121", True),  # pre-activation norms follow concatenations: left alone
+    ],
+)
+def test_other_backbone_families_fold_what_follows_a_convolution(backbone, some_left):
+    extractor = create_feature_extractor(backbone, (1, 2), weights="none")
+    _randomize_norms(extractor.model)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = extractor._features(images.contiguous(memory_format=torch.channels_last), extractor.model)
+    for got, expected in zip(extractor(images), want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    folded = extractor.__dict__["_folded"][1]
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert (left > 0) == some_left
+    assert left < sum(isinstance(m, nn.BatchNorm2d) for m in extractor.model.modules())  # some folded

@@ -41,8 +41,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text) if text.strip().lstrip("-").isdigit() else None
-    if value is None or value < 0:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return value
 
