@@ -148,3 +148,21 @@ def test_other_backbone_families_fold_what_follows_a_convolution(backbone, some_
     left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert (left > 0) == some_left
     assert left < sum(isinstance(m, nn.BatchNorm2d) for m in extractor.model.modules())  # some folded
+
+
+def test_tracing_inside_folded_for_tracing_sees_the_folded_copy_and_restores_the_network():
+    from adcore.backbones.feature_extractor import folded_for_tracing
+
+    extractor = create_feature_extractor("tf_efficientnet_lite0", (1, 2), weights="none")
+    _randomize_norms(extractor.model)
+    plain = extractor.model
+    images = torch.rand(2, 3, 64, 64)
+    with folded_for_tracing(extractor, images):
+        assert extractor.model is extractor.__dict__["_folded"][1]
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in extractor.model.modules())
+        traced = torch.jit.trace(extractor, (images,), check_trace=False)
+    assert extractor.model is plain  # the real network is back: state dict and checkpoints unchanged
+    with torch.no_grad():
+        eager = extractor(images)
+    for got, want in zip(traced(images), eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # the same arithmetic as eager

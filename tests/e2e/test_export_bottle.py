@@ -3,7 +3,11 @@
 Each model is fitted with a tiny budget (a subset of the training images, one epoch for the
 gradient-trained ones) and calibrated on a few test images: the point is the exported graph's
 arithmetic, not accuracy. The equality is checked on real test images (good and broken):
-normalised score and map within 1e-4 absolutely, raw score and map within 1e-4 of their scale.
+raw score and map within 1e-4 of their scale; normalised score and map within 1e-4 absolutely,
+or within what that raw tolerance becomes through the normalisation, ``(x - t) / span + 0.5``,
+when the calibrated span is narrower than the raw scale (a one-epoch fit calibrated on 12
+images can have a span of a few hundredths: float rounding of 1e-6 in the raw score, between
+oneDNN's and ONNX Runtime's convolutions, is then over 1e-4 in the normalised one).
 EfficientAD and Reverse Distillation are checked too when their plugins are installed.
 """
 
@@ -67,6 +71,10 @@ def test_onnx_and_openvino_equal_eager_on_bottle(name, bottle_splits, tmp_path):
     with torch.inference_mode():
         out = detector.predict(torch.stack([check[i]["image"] for i in range(len(check))]))
     post = detector.post_processor
+    spans = {
+        "image": (float(post.image_min), float(post.image_max)),
+        "pixel": (float(post.pixel_min), float(post.pixel_max)),
+    }
     eager = {"pred_score": out.pred_score, "normalized_score": post.normalize_scores(out.pred_score)}
     if out.anomaly_map is not None:
         eager.update(anomaly_map=out.anomaly_map, normalized_map=post.normalize_maps(out.anomaly_map))
@@ -81,6 +89,14 @@ def test_onnx_and_openvino_equal_eager_on_bottle(name, bottle_splits, tmp_path):
         outputs = model.run(pixels.numpy())
         for key, reference in eager.items():
             got = torch.from_numpy(np.asarray(outputs[key])).float().reshape(reference.shape)
-            scale = 1.0 if key.startswith("normalized") else max(1.0, float(reference.abs().max()))
+            if key.startswith("normalized"):
+                raw, (low, high) = (
+                    (eager["pred_score"], spans["image"])
+                    if key == "normalized_score"
+                    else (eager["anomaly_map"], spans["pixel"])
+                )
+                scale = max(1.0, max(1.0, float(raw.abs().max())) / (high - low))
+            else:
+                scale = max(1.0, float(reference.abs().max()))
             difference = float((got - reference.float()).abs().max())
             assert difference <= TOLERANCE * scale, f"{name} {result.format} {key}: {difference:.3g}"

@@ -9,8 +9,9 @@ the same indices as timm's ``features_only=True, out_indices=...``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import timm
 import torch
@@ -59,7 +60,7 @@ class FeatureMaps(nn.Module):
     def _folded_model(self, images: torch.Tensor) -> nn.Module:
         """``model`` with its batch norms folded, rebuilt whenever its tensors or device change."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-            return self.model  # exporters see the plain network (and fold batch norms themselves)
+            return self.model  # inside folded_for_tracing, ``model`` is the folded copy eager runs
         tensors = [*self.model.parameters(), *self.model.buffers()]
         key = (images.device, tuple((id(t), t._version) for t in tensors))
         cached = self.__dict__.get("_folded")  # a plain attribute: not a submodule, not in the state dict
@@ -73,6 +74,30 @@ class FeatureMaps(nn.Module):
             folded = self.model
         self.__dict__["_folded"] = (key, folded)
         return folded
+
+
+@contextlib.contextmanager
+def folded_for_tracing(module: nn.Module, example: torch.Tensor) -> Iterator[None]:
+    """Within: every frozen extractor in ``module`` holds, as ``model``, the folded copy it runs eagerly.
+
+    Exporters trace inside this, so an exported graph computes what eager PyTorch computes
+    (a graph of the plain network differs from it by float rounding, which a deep network can
+    grow past an export check's tolerance). ``example`` (an input batch of ``module``) is run
+    once to build the copies. The plain networks are back in place on exit.
+    """
+    with torch.no_grad():
+        module(example[:1])
+    swapped = []
+    for extractor in module.modules():
+        if isinstance(extractor, FeatureMaps) and extractor.frozen and "_folded" in extractor.__dict__:
+            swapped.append((extractor, extractor.model))
+    try:
+        for extractor, _plain in swapped:
+            extractor.model = extractor.__dict__["_folded"][1]
+        yield
+    finally:
+        for extractor, plain in swapped:
+            extractor.model = plain
 
 
 class TimmFeatureExtractor(FeatureMaps):

@@ -22,6 +22,7 @@ import attrs
 import torch
 
 import adcore
+from adcore.backbones.feature_extractor import folded_for_tracing
 from adcore.detector import AnomalyDetector
 from adcore.export import FORMATS, METADATA_KEY
 from adcore.export.graph import ExportGraph
@@ -338,7 +339,8 @@ def export_detector(
     failure: BaseException | None = None
     for wanted in (True, False):
         try:
-            dynamic = write(wanted)
+            with folded_for_tracing(graph, example):  # the graph computes what eager PyTorch computed
+                dynamic = write(wanted)
         except ImportError as exc:
             raise ImportError(f"export to {fmt} needs {exc.name or exc}: pip install 'adcore[export]'") from None
         except Exception as exc:  # noqa: BLE001 - a tracer's error about the model's forward
