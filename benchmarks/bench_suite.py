@@ -214,16 +214,22 @@ def load_any_revision(cache: Path, key: dict) -> dict | None:
         except json.JSONDecodeError:
             continue
         same = {**cell.get("key", {}), "revision": None} == {**key, "revision": None}
-        if same and (newest is None or cell.get("finished_at", "") > newest.get("finished_at", "")):
+        if same and (newest is None or _age_order(cell) > _age_order(newest)):
             newest = cell
     return newest
+
+
+def _age_order(cell: dict) -> tuple[str, int]:
+    """Newer cells sort higher: when they finished, then when they were saved (cells written in
+    the same second, or without ``finished_at``, would otherwise tie and the glob order decide)."""
+    return cell.get("finished_at", ""), cell.get("saved_ns", 0)
 
 
 def save_cell(cache: Path, cell: dict) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     path = cell_path(cache, cell["key"])
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(cell, indent=1))
+    temporary.write_text(json.dumps({**cell, "saved_ns": cell.get("saved_ns", time.time_ns())}, indent=1))
     temporary.replace(path)  # atomic: a killed run never leaves half a result
 
 
