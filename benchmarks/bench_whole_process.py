@@ -59,11 +59,9 @@ def adcore_command(model: str, category: str, output: Path, epochs: int | None) 
     return command + (["--epochs", str(epochs)] if epochs is not None else [])
 
 
-def timed(
-    command: list[str], env: dict | None = None, timeout: float | None = None
-) -> tuple[float, subprocess.CompletedProcess]:
+def timed(command: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -97,20 +95,23 @@ def peer_spec_file(model: str, category: str, epochs: int | None, scratch: Path,
     return path
 
 
-def run_peer(spec_file: Path, venv: Path, limit_minutes: float | None = None) -> dict:
-    """One anomalib run; past ``limit_minutes`` it is stopped and recorded as not finished."""
+def run_peer(spec_file: Path, venv: Path, limit_minutes: float) -> dict:
+    """One anomalib run (bench_suite's runner: past ``limit_minutes`` it and its children are
+    killed and the run is recorded as not finished)."""
+    import bench_suite
+
     load = load_average()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [str(venv / "bin" / "python"), str(bench_suite_runner()), str(spec_file)]
-    try:
-        seconds, done = timed(command, env=env, timeout=None if limit_minutes is None else limit_minutes * 60)
-    except subprocess.TimeoutExpired:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    body = bench_suite.run_process([str(venv / "bin" / "python"), str(bench_suite_runner()), str(spec_file)], limit_minutes)
+    if body["status"] == "timeout":
         return {"wall_s": None, "load": load, "did_not_finish_min": limit_minutes}
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    if body["status"] != "ok":
+        raise SystemExit(f"anomalib run failed: {body['message']}")
+    row = body["metrics"]
     n_test = len(json.loads(spec_file.read_text())["test"])
     test_s = n_test / row["test_img_s"] if row.get("test_img_s") else None
     return {
-        "wall_s": seconds,
+        "wall_s": body["wall_s"],
         "load": load,
         "fit_s": row.get("fit_s"),
         "test_s": test_s,
